@@ -1,0 +1,1 @@
+//! The `bollinger` plugin (being written).

@@ -1,0 +1,1 @@
+//! The `ema` plugin (being written).

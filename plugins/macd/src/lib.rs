@@ -1,0 +1,1 @@
+//! The `macd` plugin (being written).

@@ -1,0 +1,1 @@
+//! The `ohlcv` plugin (being written).

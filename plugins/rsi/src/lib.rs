@@ -1,0 +1,1 @@
+//! The `rsi` plugin (being written).

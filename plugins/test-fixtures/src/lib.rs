@@ -1,0 +1,80 @@
+//! A plugin that misbehaves on request, for the host's sandbox tests.
+//!
+//! Its `mode` parameter picks what `process` does: `echo` (behave: emit
+//! each sample), `trap` (panic, which is a WebAssembly trap), `loop` (never
+//! return), `grow` (allocate without bound), `error` (return an error
+//! value), or `log` (log one line per sample).
+
+use tickfold_sdk::prelude::*;
+
+/// See the crate docs.
+pub struct Misbehave {
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Echo,
+    Trap,
+    Loop,
+    Grow,
+    Error,
+    Log,
+}
+
+impl StreamFunction for Misbehave {
+    type State = u64;
+
+    fn info() -> Info {
+        Info::new("misbehave", env!("CARGO_PKG_VERSION"))
+            .doc("Misbehaves on request, to test the host's sandbox.")
+            .param("mode", Some("echo"), "echo, trap, loop, grow, error or log")
+    }
+
+    fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
+        let mode = match params.raw("mode") {
+            "echo" => Mode::Echo,
+            "trap" => Mode::Trap,
+            "loop" => Mode::Loop,
+            "grow" => Mode::Grow,
+            "error" => Mode::Error,
+            "log" => Mode::Log,
+            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log")),
+        };
+        io.input("input", &["value"], "any series");
+        io.output("echo", &["value", "count"], "the input, with a running count per key");
+        Ok(Misbehave { mode })
+    }
+
+    fn process(&mut self, input: &Batch, state: &mut KeyedState<u64>, out: &mut Output) -> Result<(), PluginError> {
+        match self.mode {
+            Mode::Trap => panic!("misbehave: asked to trap"),
+            Mode::Loop => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Mode::Grow => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Mode::Error => return Err(PluginError::Failed("misbehave: asked to fail".into())),
+            Mode::Echo | Mode::Log => {}
+        }
+        for row in input.rows() {
+            let count = state.get_mut(row.key);
+            *count += 1;
+            if self.mode == Mode::Log {
+                tickfold_sdk::log::info(&format!("sample {} of key {}", count, row.key));
+            }
+            out.emit(0, row.key, row.ts, &[row.field(0), *count as f64]);
+        }
+        Ok(())
+    }
+}
+
+tickfold_sdk::export!(Misbehave);

@@ -1,0 +1,1 @@
+//! The `vwap` plugin (being written).

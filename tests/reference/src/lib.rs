@@ -1,0 +1,8 @@
+//! Independent references for tests: plain batch implementations over whole
+//! arrays, written from TA-Lib's published algorithms (for indicators) and
+//! from the definitions in each plugin's docs (for bars and VWAP). They
+//! share no code with the streaming implementations they check, and favour
+//! obviousness over speed.
+
+pub mod market;
+pub mod ta;

@@ -1,0 +1,1 @@
+//! References for bars, VWAP and anomalies (being written).

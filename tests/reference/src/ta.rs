@@ -1,0 +1,1 @@
+//! References for TA-Lib indicators (being written).
