@@ -3,7 +3,10 @@
 //! Its `mode` parameter picks what `process` does: `echo` (behave: emit
 //! each sample), `trap` (panic, which is a WebAssembly trap), `loop` (never
 //! return), `grow` (allocate without bound), `error` (return an error
-//! value), or `log` (log one line per sample).
+//! value), `log` (log one line per sample), or `probe` (try to reach
+//! outside the sandbox and report, per sample, on output `probe`, what it
+//! found: 1.0 where a directory listing, an environment variable or a TCP
+//! connection worked, and the wall clock in ms).
 
 use tickfold_sdk::prelude::*;
 
@@ -20,6 +23,7 @@ enum Mode {
     Grow,
     Error,
     Log,
+    Probe,
 }
 
 impl StreamFunction for Misbehave {
@@ -28,7 +32,7 @@ impl StreamFunction for Misbehave {
     fn info() -> Info {
         Info::new("misbehave", env!("CARGO_PKG_VERSION"))
             .doc("Misbehaves on request, to test the host's sandbox.")
-            .param("mode", Some("echo"), "echo, trap, loop, grow, error or log")
+            .param("mode", Some("echo"), "echo, trap, loop, grow, error, log or probe")
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
@@ -39,10 +43,12 @@ impl StreamFunction for Misbehave {
             "grow" => Mode::Grow,
             "error" => Mode::Error,
             "log" => Mode::Log,
-            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log")),
+            "probe" => Mode::Probe,
+            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log, probe")),
         };
         io.input("input", &["value"], "any series");
         io.output("echo", &["value", "count"], "the input, with a running count per key");
+        io.output("probe", &["fs", "env", "net", "clock_ms"], "what `probe` reached outside the sandbox");
         Ok(Misbehave { mode })
     }
 
@@ -63,6 +69,23 @@ impl StreamFunction for Misbehave {
                 }
             }
             Mode::Error => return Err(PluginError::Failed("misbehave: asked to fail".into())),
+            Mode::Probe => {
+                let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+                let env = std::env::vars().next().is_some();
+                let net = std::net::TcpStream::connect("127.0.0.1:1").is_ok();
+                let clock_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(-1.0, |d| d.as_millis() as f64);
+                for row in input.rows() {
+                    out.emit(
+                        1,
+                        row.key,
+                        row.ts,
+                        &[f64::from(u8::from(fs)), f64::from(u8::from(env)), f64::from(u8::from(net)), clock_ms],
+                    );
+                }
+                return Ok(());
+            }
             Mode::Echo | Mode::Log => {}
         }
         for row in input.rows() {

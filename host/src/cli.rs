@@ -1,0 +1,269 @@
+//! The `tickfold` command: argument parsing, and the edge where errors
+//! become messages and exit codes.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exec::{Chain, CsvWriter, JsonlWriter, OutputWriter, assign_params};
+use crate::plugin::{Descriptor, LoadedPlugin, PluginRuntime, SandboxLimits, SeriesDecl};
+use crate::source::file::FileSource;
+
+/// Tickfold: stream processing for market data, with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "tickfold", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks a plugin component and prints what it says about itself.
+    Check(CheckArgs),
+    /// Runs a plugin (or a chain of plugins) over a file of trades or bars.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The plugin's `.wasm` component.
+    plugin: PathBuf,
+    /// Also open an instance with these parameters (`name=value`), to check
+    /// them and show the series they produce.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Print the description as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// The plugin components, in chain order: each reads what the one before
+    /// it writes.
+    #[arg(required = true)]
+    plugins: Vec<PathBuf>,
+    /// The input: .csv, .jsonl or .parquet with columns `symbol`, `ts`
+    /// (ms) and numeric fields (`price`, `size` for trades).
+    #[arg(long, short)]
+    input: PathBuf,
+    /// A parameter: `name=value` for every plugin that declares `name`, or
+    /// `plugin.name=value` for one plugin.
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// How far behind the newest event time the watermark trails, in ms:
+    /// rows older than the watermark when they arrive are late and left out.
+    #[arg(long, default_value_t = 0)]
+    watermark_lag_ms: i64,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Output format; by default from the output file's extension, else CSV.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Report every stage's outputs, not only the last stage's.
+    #[arg(long)]
+    all_stages: bool,
+    /// Input rows per batch handed to the first plugin.
+    #[arg(long, default_value_t = 8192)]
+    batch_rows: usize,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Csv,
+    Jsonl,
+}
+
+/// The sandbox's limits, for commands that run plugins.
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// Memory one plugin instance may use, in MiB.
+    #[arg(long, default_value_t = 256)]
+    plugin_memory_mib: usize,
+    /// Wall time one call into a plugin may take, in ms.
+    #[arg(long, default_value_t = 2000)]
+    plugin_timeout_ms: u64,
+    /// Cache compiled plugins in this directory.
+    #[arg(long, env = "TICKFOLD_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    fn runtime(&self) -> Result<PluginRuntime> {
+        let limits = SandboxLimits {
+            memory_bytes: self.plugin_memory_mib << 20,
+            call_timeout_ms: self.plugin_timeout_ms,
+            ..SandboxLimits::default()
+        };
+        PluginRuntime::new(limits, self.compile_cache.clone())
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("starting the WebAssembly runtime")
+    }
+}
+
+fn parse_param(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        _ => Err(format!("`{raw}` is not NAME=VALUE")),
+    }
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tickfold: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TICKFOLD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check(args) => check(args),
+        Command::Exec(args) => exec(args),
+    }
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let runtime = args.runtime.runtime()?;
+    let plugin = runtime.load_file(&args.plugin)?;
+    let d = plugin.descriptor();
+    let resolved = if args.params.is_empty() {
+        None
+    } else {
+        let params = assign_params(std::slice::from_ref(&plugin), &args.params)?.remove(0);
+        let instance = plugin.open(&params)?;
+        Some((instance.inputs().to_vec(), instance.outputs().to_vec()))
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &descriptor_json(d, resolved.as_ref()))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{} {} ({}) implements {}", d.name, d.version, args.plugin.display(), crate::plugin::CONTRACT)?;
+    if !d.doc.is_empty() {
+        writeln!(out, "  {}", d.doc)?;
+    }
+    writeln!(out, "parameters:")?;
+    if d.params.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    let width = d.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &d.params {
+        let default = p.default.as_deref().map_or("required".to_string(), |v| format!("default {v}"));
+        writeln!(out, "  {:width$}  {:18}  {}", p.name, default, p.doc)?;
+    }
+    let (inputs, outputs, with) = match &resolved {
+        Some((i, o)) => (i, o, "with the given parameters"),
+        None => (&d.inputs, &d.outputs, "with default parameters"),
+    };
+    writeln!(out, "inputs ({with}):")?;
+    print_series(&mut out, inputs)?;
+    writeln!(out, "outputs ({with}):")?;
+    print_series(&mut out, outputs)?;
+    writeln!(out, "state format version: {}", d.state_format_version)?;
+    Ok(())
+}
+
+fn print_series(out: &mut impl Write, series: &[SeriesDecl]) -> Result<()> {
+    if series.is_empty() {
+        writeln!(out, "  (none: a parameter has no default)")?;
+    }
+    for s in series {
+        writeln!(
+            out,
+            "  {}: {}{}",
+            s.name,
+            s.fields.join(", "),
+            if s.doc.is_empty() { String::new() } else { format!("  ({})", s.doc) }
+        )?;
+    }
+    Ok(())
+}
+
+fn descriptor_json(d: &Descriptor, resolved: Option<&(Vec<SeriesDecl>, Vec<SeriesDecl>)>) -> serde_json::Value {
+    let series = |s: &[SeriesDecl]| -> serde_json::Value {
+        s.iter().map(|s| serde_json::json!({"name": s.name, "fields": s.fields, "doc": s.doc})).collect()
+    };
+    let (inputs, outputs) = match resolved {
+        Some((i, o)) => (series(i), series(o)),
+        None => (series(&d.inputs), series(&d.outputs)),
+    };
+    serde_json::json!({
+        "name": d.name,
+        "version": d.version,
+        "doc": d.doc,
+        "contract": crate::plugin::CONTRACT,
+        "params": d.params.iter().map(|p| serde_json::json!({"name": p.name, "default": p.default, "doc": p.doc})).collect::<Vec<_>>(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "state_format_version": d.state_format_version,
+    })
+}
+
+fn exec(args: ExecArgs) -> Result<()> {
+    let started = Instant::now();
+    let runtime = args.runtime.runtime()?;
+    let plugins: Vec<LoadedPlugin> = args.plugins.iter().map(|p| runtime.load_file(p)).collect::<Result<_, _>>()?;
+    let params = assign_params(&plugins, &args.params)?;
+    let mut source = FileSource::open(&args.input, args.batch_rows)?;
+    let mut chain = Chain::open(&plugins, &params, source.fields(), args.watermark_lag_ms, args.all_stages)?;
+
+    let format = match (args.format, &args.output) {
+        (Some(f), _) => f,
+        (None, Some(p)) if has_ext(p, &["jsonl", "ndjson", "json"]) => Format::Jsonl,
+        _ => Format::Csv,
+    };
+    let sink: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let sink = BufWriter::with_capacity(1 << 16, sink);
+    let mut writer: Box<dyn OutputWriter> = match format {
+        Format::Jsonl => Box::new(JsonlWriter(sink)),
+        Format::Csv => Box::new(CsvWriter::new(sink, chain.reported_series())?),
+    };
+    while let Some(chunk) = source.next_chunk()? {
+        chain.push(&chunk, writer.as_mut())?;
+    }
+    chain.finish(writer.as_mut())?;
+    writer.finish()?;
+    let s = chain.stats();
+    if s.rows_in == 0 {
+        bail!("{}: no rows (is it empty?)", args.input.display());
+    }
+    eprintln!(
+        "tickfold: {} rows in, {} late (below the watermark on arrival, left out), {} samples out, {:.2} s",
+        s.rows_in,
+        s.late,
+        s.samples_out,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}

@@ -1,0 +1,372 @@
+//! Runs a chain of plugins over a file: what `tickfold exec` does, and the
+//! same steps the streaming dataflow takes, minus Kafka and the workers.
+//!
+//! Per chunk of input:
+//! 1. Each row is checked against the watermark *at its arrival* (highest
+//!    event time so far minus the allowed lag): a row below it is late,
+//!    counted and left out, exactly as a source partition treats it.
+//! 2. Keys are interned, the chunk's columns bound to the first stage's
+//!    declared input fields (by name), and the stage's outputs fed to the
+//!    next stage, and so on.
+//! 3. The watermark (highest event time minus the lag) goes to every stage
+//!    in order, and whatever it closes flows downstream the same way.
+//!
+//! At the end of the input the watermark jumps to the end of time, so every
+//! window closes, as if the stream had moved on.
+//!
+//! Wiring: each stage reads the first series that has all the fields its
+//! input declares, searching the previous stage's outputs first, then the
+//! stages before it, then the input file. Plugins that read "any field"
+//! take a `field` parameter for that reason.
+
+use std::io::Write;
+
+use crate::keys::KeyTable;
+use crate::plugin::{self, Batch, LoadedPlugin, Param, PluginInstance, SeriesDecl};
+use crate::source::Chunk;
+
+/// Something that stopped a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A stage's input cannot be wired to any series.
+    #[error(
+        "stage {stage} (`{plugin}`) reads `{input}` with fields {needed:?}, but no earlier series has them all (available: {available}); set the plugin's `field` parameter, or put a plugin that produces them before it"
+    )]
+    Unwired { stage: usize, plugin: String, input: String, needed: Vec<String>, available: String },
+    /// A `--param` names no stage, or a parameter no stage declares.
+    #[error("{0}")]
+    BadParam(String),
+    /// A plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] plugin::Error),
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// A series flowing through the chain: the input file's or a stage's output.
+#[derive(Clone, Debug)]
+struct Series {
+    /// Name in the output (`series` column).
+    name: String,
+    fields: Vec<String>,
+    /// The stage that writes it, `None` for the input.
+    stage: Option<usize>,
+}
+
+/// How one declared input of a stage is fed: from series `source`, picking
+/// columns `columns` in the order the plugin declared its fields.
+#[derive(Clone, Debug)]
+struct Wire {
+    source: usize,
+    input: u32,
+    columns: Vec<usize>,
+}
+
+struct Stage {
+    instance: PluginInstance,
+    wires: Vec<Wire>,
+    /// Series ids of the stage's outputs, by output index.
+    outputs: Vec<usize>,
+}
+
+/// Counts from a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    /// Input rows read.
+    pub rows_in: u64,
+    /// Input rows left out because they arrived below the watermark.
+    pub late: u64,
+    /// Output samples written.
+    pub samples_out: u64,
+}
+
+/// Splits `--param` values among stages: `NAME.key=value` goes to the
+/// stage whose plugin is called NAME (or stage number N as `N.key`); a
+/// bare `key=value` goes to every stage that declares `key`.
+pub fn assign_params(plugins: &[LoadedPlugin], given: &[(String, String)]) -> Result<Vec<Vec<Param>>, ExecError> {
+    let mut per_stage = vec![Vec::new(); plugins.len()];
+    for (key, value) in given {
+        let declares = |p: &LoadedPlugin, k: &str| p.descriptor().params.iter().any(|d| d.name == k);
+        let targets: Vec<(usize, &str)> = match key.split_once('.') {
+            Some((stage, k)) => {
+                let by_name = plugins.iter().position(|p| p.descriptor().name == stage);
+                let by_index = stage.parse::<usize>().ok().filter(|&i| i < plugins.len());
+                match by_name.or(by_index) {
+                    Some(i) => vec![(i, k)],
+                    None => {
+                        return Err(ExecError::BadParam(format!(
+                            "--param {key}={value}: no stage is called `{stage}` (stages: {})",
+                            plugins.iter().map(|p| p.descriptor().name.as_str()).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                }
+            }
+            None => {
+                plugins.iter().enumerate().filter(|(_, p)| declares(p, key)).map(|(i, _)| (i, key.as_str())).collect()
+            }
+        };
+        if targets.is_empty() {
+            return Err(ExecError::BadParam(format!(
+                "--param {key}={value}: no plugin in the chain declares `{key}` (run `tickfold check` on a plugin to see its parameters)"
+            )));
+        }
+        for (i, k) in targets {
+            per_stage[i].push(Param { name: k.to_string(), value: value.clone() });
+        }
+    }
+    Ok(per_stage)
+}
+
+/// A chain of plugin instances wired to an input's fields.
+pub struct Chain {
+    stages: Vec<Stage>,
+    series: Vec<Series>,
+    keys: KeyTable,
+    lag_ms: i64,
+    max_ts: i64,
+    /// Which stages' outputs are reported.
+    report: Vec<bool>,
+    stats: ExecStats,
+}
+
+impl Chain {
+    /// Opens every stage and wires it. `input_fields` are the input file's
+    /// fields; `report_all` reports every stage's outputs, not only the
+    /// last stage's.
+    pub fn open(
+        plugins: &[LoadedPlugin],
+        params: &[Vec<Param>],
+        input_fields: &[String],
+        lag_ms: i64,
+        report_all: bool,
+    ) -> Result<Self, ExecError> {
+        let mut series = vec![Series { name: "input".into(), fields: input_fields.to_vec(), stage: None }];
+        let mut stages = Vec::with_capacity(plugins.len());
+        for (i, plugin) in plugins.iter().enumerate() {
+            let instance = plugin.open(&params[i])?;
+            let wires = instance
+                .inputs()
+                .iter()
+                .enumerate()
+                .map(|(input, decl)| wire(i, plugin, input as u32, decl, &series))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut outputs = Vec::new();
+            for out in instance.outputs() {
+                let taken = series.iter().any(|s| s.name == out.name);
+                let name = if taken { format!("{}.{}", i, out.name) } else { out.name.clone() };
+                outputs.push(series.len());
+                series.push(Series { name, fields: out.fields.clone(), stage: Some(i) });
+            }
+            stages.push(Stage { instance, wires, outputs });
+        }
+        let last = plugins.len().saturating_sub(1);
+        let report = series.iter().map(|s| s.stage.is_some_and(|st| report_all || st == last)).collect();
+        Ok(Chain {
+            stages,
+            series,
+            keys: KeyTable::default(),
+            lag_ms,
+            max_ts: i64::MIN,
+            report,
+            stats: ExecStats::default(),
+        })
+    }
+
+    /// The reported series' names and fields, in order.
+    pub fn reported_series(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.series.iter().zip(&self.report).filter(|(_, r)| **r).map(|(s, _)| (s.name.as_str(), s.fields.as_slice()))
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> &ExecStats {
+        &self.stats
+    }
+
+    /// Feeds one chunk of input, then advances the watermark.
+    pub fn push(&mut self, chunk: &Chunk, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+        let mut input = Batch::empty(0, chunk.fields.len());
+        for i in 0..chunk.len() {
+            self.stats.rows_in += 1;
+            let ts = chunk.ts[i];
+            if ts < self.watermark() {
+                self.stats.late += 1;
+                continue;
+            }
+            self.max_ts = self.max_ts.max(ts);
+            input.keys.push(self.keys.intern(&chunk.symbols[i]));
+            input.ts.push(ts);
+            for (col, values) in input.fields.iter_mut().zip(&chunk.fields) {
+                col.push(values[i]);
+            }
+        }
+        self.flow(0, vec![input], out)?;
+        self.advance(self.watermark(), out)
+    }
+
+    /// Ends the input: the watermark moves to the end of time.
+    pub fn finish(&mut self, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+        self.advance(i64::MAX, out)
+    }
+
+    fn watermark(&self) -> i64 {
+        self.max_ts.saturating_sub(self.lag_ms)
+    }
+
+    fn advance(&mut self, watermark: i64, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+        for i in 0..self.stages.len() {
+            let produced = self.stages[i].instance.on_watermark(watermark)?;
+            self.route(i, produced, out)?;
+        }
+        Ok(())
+    }
+
+    /// Sends batches of series `source` to every stage wired to it, in
+    /// stage order, routing what each produces onwards.
+    fn flow(&mut self, source: usize, batches: Vec<Batch>, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+        for i in 0..self.stages.len() {
+            let inputs: Vec<Batch> = self.stages[i]
+                .wires
+                .iter()
+                .filter(|w| w.source == source)
+                .flat_map(|w| batches.iter().map(move |b| select(b, w)))
+                .filter(|b| !b.is_empty())
+                .collect();
+            if inputs.is_empty() {
+                continue;
+            }
+            let produced = self.stages[i].instance.process(&inputs, &self.keys)?;
+            self.route(i, produced, out)?;
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, stage: usize, produced: Vec<Batch>, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+        for batch in produced {
+            let id = self.stages[stage].outputs[batch.series as usize];
+            if self.report[id] {
+                let s = &self.series[id];
+                for row in 0..batch.len() {
+                    let values: Vec<f64> = batch.fields.iter().map(|c| c[row]).collect();
+                    out.write(&s.name, &s.fields, self.keys.name(batch.keys[row]), batch.ts[row], &values)?;
+                    self.stats.samples_out += 1;
+                }
+            }
+            let mut relabelled = batch;
+            relabelled.series = 0;
+            self.flow(id, vec![relabelled], out)?;
+        }
+        Ok(())
+    }
+}
+
+fn wire(
+    stage: usize,
+    plugin: &LoadedPlugin,
+    input: u32,
+    decl: &SeriesDecl,
+    series: &[Series],
+) -> Result<Wire, ExecError> {
+    // Newest series first: the previous stage's outputs, then earlier ones,
+    // then the input file.
+    for (id, s) in series.iter().enumerate().rev() {
+        let columns: Option<Vec<usize>> =
+            decl.fields.iter().map(|f| s.fields.iter().position(|have| have == f)).collect();
+        if let Some(columns) = columns {
+            return Ok(Wire { source: id, input, columns });
+        }
+    }
+    Err(ExecError::Unwired {
+        stage,
+        plugin: plugin.label(),
+        input: decl.name.clone(),
+        needed: decl.fields.clone(),
+        available: series
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.fields.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// The columns of `batch` that wire `w` reads, as a batch of its input.
+fn select(batch: &Batch, w: &Wire) -> Batch {
+    Batch {
+        series: w.input,
+        keys: batch.keys.clone(),
+        ts: batch.ts.clone(),
+        fields: w.columns.iter().map(|&c| batch.fields[c].clone()).collect(),
+    }
+}
+
+/// Where `tickfold exec` writes output samples.
+pub trait OutputWriter {
+    /// Writes one sample of series `series`.
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()>;
+    /// Flushes buffered output.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+/// One JSON object per line: `{"series":…,"symbol":…,"ts":…,<field>:…}`.
+/// Numbers are written in their shortest exact form, so they read back
+/// bit for bit.
+pub struct JsonlWriter<W: Write>(pub W);
+
+impl<W: Write> OutputWriter for JsonlWriter<W> {
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()> {
+        let mut obj = serde_json::Map::new();
+        obj.insert("series".into(), series.into());
+        obj.insert("symbol".into(), symbol.into());
+        obj.insert("ts".into(), ts.into());
+        for (f, v) in fields.iter().zip(values) {
+            // JSON has no NaN or infinity; those become null.
+            obj.insert(f.clone(), serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into));
+        }
+        serde_json::to_writer(&mut self.0, &obj)?;
+        self.0.write_all(b"\n")
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// CSV with the columns `series, symbol, ts` and the union of every
+/// reported series' fields; a series leaves the fields it lacks empty.
+pub struct CsvWriter<W: Write> {
+    out: csv::Writer<W>,
+    columns: Vec<String>,
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// Writes the header for these series.
+    pub fn new<'a>(out: W, series: impl Iterator<Item = (&'a str, &'a [String])>) -> std::io::Result<Self> {
+        let mut columns: Vec<String> = Vec::new();
+        for (_, fields) in series {
+            for f in fields {
+                if !columns.contains(f) {
+                    columns.push(f.clone());
+                }
+            }
+        }
+        let mut out = csv::Writer::from_writer(out);
+        let header = ["series", "symbol", "ts"].into_iter().map(str::to_string).chain(columns.iter().cloned());
+        out.write_record(header.collect::<Vec<_>>())?;
+        Ok(CsvWriter { out, columns })
+    }
+}
+
+impl<W: Write> OutputWriter for CsvWriter<W> {
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()> {
+        let mut record = vec![series.to_string(), symbol.to_string(), ts.to_string()];
+        for c in &self.columns {
+            record.push(fields.iter().position(|f| f == c).map(|i| values[i].to_string()).unwrap_or_default());
+        }
+        self.out.write_record(&record)?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

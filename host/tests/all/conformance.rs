@@ -1,0 +1,1 @@
+//! Conformance of every first-party plugin with an independent reference (being written).

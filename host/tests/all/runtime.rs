@@ -1,0 +1,257 @@
+//! The plugin runtime: what it accepts, what it refuses and why, and that
+//! a misbehaving plugin is stopped while everything else keeps working.
+
+use tickfold::keys::KeyTable;
+use tickfold::plugin::{self, Batch, Error, GuestError, LoadedPlugin, PluginInstance, StopReason};
+
+use crate::support::{plugin_wasm, runtime, runtime_with};
+
+fn fixture() -> LoadedPlugin {
+    runtime().load_file(&plugin_wasm("tickfold-test-fixtures")).expect("the fixture loads")
+}
+
+fn open(plugin: &LoadedPlugin, mode: &str) -> PluginInstance {
+    plugin.open(&plugin::params([("mode", mode)])).expect("the fixture opens")
+}
+
+/// One batch of input series 0 with `n` samples spread over `keys`.
+fn batch(keys: &mut KeyTable, names: &[&str], n: usize) -> Batch {
+    let mut b = Batch::empty(0, 1);
+    for i in 0..n {
+        b.keys.push(keys.intern(names[i % names.len()]));
+        b.ts.push(1_000 + i as i64);
+        b.fields[0].push(i as f64);
+    }
+    b
+}
+
+/// The `count` column of the `echo` output, by key name.
+fn counts(out: &[Batch], keys: &KeyTable) -> Vec<(String, f64)> {
+    out.iter()
+        .filter(|b| b.series == 0)
+        .flat_map(|b| b.keys.iter().zip(&b.fields[1]).map(|(k, c)| (keys.name(*k).to_string(), *c)))
+        .collect()
+}
+
+#[test]
+fn describe_reports_name_params_and_series() {
+    let plugin = fixture();
+    let d = plugin.descriptor();
+    assert_eq!(d.name, "misbehave");
+    assert_eq!(d.params[0].name, "mode");
+    assert_eq!(d.params[0].default.as_deref(), Some("echo"));
+    assert_eq!(d.inputs[0].fields, vec!["value"]);
+    assert_eq!(d.outputs[0].fields, vec!["value", "count"]);
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_refused() {
+    let err = runtime().load("notes.txt", b"hello, world").err().expect("refused");
+    assert!(matches!(err, Error::NotWasm { .. }), "{err}");
+    assert!(err.to_string().contains("not a WebAssembly file"), "{err}");
+}
+
+#[test]
+fn a_core_module_is_refused_with_how_to_build_a_component() {
+    // The smallest valid core module: magic and version 1.
+    let err = runtime().load("core.wasm", b"\0asm\x01\0\0\0").err().expect("refused");
+    assert!(matches!(err, Error::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_naming_the_missing_export() {
+    let empty = wat::parse_str("(component)").unwrap();
+    let err = runtime().load("empty.wasm", &empty).err().expect("refused");
+    assert!(matches!(err, Error::WrongWorld { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("exports nothing") && msg.contains(plugin::EXPORT_NAME), "{msg}");
+}
+
+#[test]
+fn a_plugin_of_another_contract_version_is_refused_naming_both_versions() {
+    let other = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api (export "describe" (func $f)))
+            (export "tickfold:plugin/stream-function@0.2.0" (instance $api)))"#,
+    )
+    .unwrap();
+    let err = runtime().load("future.wasm", &other).err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::WrongVersion { .. }), "{msg}");
+    assert!(msg.contains("tickfold:plugin@0.2.0") && msg.contains(plugin::CONTRACT), "{msg}");
+}
+
+#[test]
+fn a_component_importing_what_the_sandbox_lacks_is_refused() {
+    let greedy = wat::parse_str(
+        r#"(component
+            (import "acme:net/http@1.0.0" (instance (export "get" (func))))
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api (export "describe" (func $f)))
+            (export "tickfold:plugin/stream-function@0.1.0" (instance $api)))"#,
+    )
+    .unwrap();
+    let msg = runtime().load("greedy.wasm", &greedy).err().expect("refused").to_string();
+    assert!(msg.contains("imports `acme:net/http@1.0.0`"), "{msg}");
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_before_it_is_read() {
+    let rt = runtime_with(|l| l.max_component_bytes = 1024);
+    let err = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).err().expect("refused");
+    assert!(matches!(err, Error::TooLarge { limit: 1024, .. }), "{err}");
+}
+
+#[test]
+fn bad_parameters_come_back_as_the_plugins_message() {
+    let plugin = fixture();
+    let err = plugin.open(&plugin::params([("mode", "sideways")])).err().expect("refused");
+    match &err {
+        Error::Rejected { error: GuestError::BadParams(m), .. } => {
+            assert!(m.contains("`mode`") && m.contains("sideways"), "{m}")
+        }
+        other => panic!("expected bad params, got {other}"),
+    }
+    let err = plugin.open(&plugin::params([("mood", "echo")])).err().expect("refused");
+    assert!(err.to_string().contains("did you mean `mode`"), "{err}");
+}
+
+#[test]
+fn keys_are_named_once_and_state_is_per_key() {
+    let plugin = fixture();
+    let mut inst = open(&plugin, "echo");
+    let mut keys = KeyTable::default();
+    let first = inst.process(&[batch(&mut keys, &["AAPL", "MSFT"], 4)], &keys).unwrap();
+    let second = inst.process(&[batch(&mut keys, &["TSLA", "AAPL"], 2)], &keys).unwrap();
+    assert_eq!(
+        counts(&first, &keys),
+        vec![("AAPL".into(), 1.0), ("MSFT".into(), 1.0), ("AAPL".into(), 2.0), ("MSFT".into(), 2.0)]
+    );
+    assert_eq!(counts(&second, &keys), vec![("TSLA".into(), 1.0), ("AAPL".into(), 3.0)]);
+}
+
+#[test]
+fn a_batch_of_the_wrong_shape_is_refused_and_the_instance_goes_on() {
+    let plugin = fixture();
+    let mut inst = open(&plugin, "echo");
+    let mut keys = KeyTable::default();
+    let mut bad = batch(&mut keys, &["AAPL"], 3);
+    bad.ts.pop();
+    let err = inst.process(&[bad], &keys).err().expect("refused");
+    assert!(
+        matches!(&err, Error::Rejected { error: GuestError::BadInput(m), .. } if m.contains("timestamps")),
+        "{err}"
+    );
+    assert!(!inst.is_stopped());
+    assert_eq!(inst.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+#[test]
+fn snapshot_and_restore_carry_state_by_key_name() {
+    let plugin = fixture();
+    let mut a = open(&plugin, "echo");
+    let mut keys_a = KeyTable::default();
+    a.process(&[batch(&mut keys_a, &["AAPL", "MSFT", "MSFT"], 3)], &keys_a).unwrap();
+    let snap = a.snapshot().unwrap();
+    let mut names: Vec<&str> = snap.keys.iter().map(|k| k.key.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["AAPL", "MSFT"]);
+
+    // A fresh instance with a key table in another order: state follows
+    // the names, not the ids.
+    let mut b = plugin.restore(&plugin::params([("mode", "echo")]), &snap).unwrap();
+    let mut keys_b = KeyTable::default();
+    keys_b.intern("TSLA");
+    let out = b.process(&[batch(&mut keys_b, &["MSFT", "AAPL", "TSLA"], 3)], &keys_b).unwrap();
+    assert_eq!(counts(&out, &keys_b), vec![("MSFT".into(), 3.0), ("AAPL".into(), 2.0), ("TSLA".into(), 1.0)]);
+}
+
+#[test]
+fn a_trapping_plugin_is_stopped_with_its_panic_message_and_others_run_on() {
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let mut bad = open(&plugin, "trap");
+    let mut good = open(&plugin, "echo");
+    let err = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("it traps");
+    match &err {
+        Error::Stopped { reason: StopReason::Trap(_), detail, plugin, .. } => {
+            assert!(detail.contains("asked to trap"), "the panic message is in the report: {detail}");
+            assert!(plugin.starts_with("misbehave@"), "{plugin}");
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    assert!(bad.is_stopped());
+    let again = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("stays stopped");
+    assert!(matches!(again, Error::AlreadyStopped { .. }), "{again}");
+    // The other instance, and a new one, still work.
+    assert_eq!(good.process(&[batch(&mut keys, &["AAPL"], 2)], &keys).unwrap()[0].len(), 2);
+    assert_eq!(open(&plugin, "echo").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+#[test]
+fn an_endless_loop_is_interrupted_at_the_deadline() {
+    let rt = runtime_with(|l| l.call_timeout_ms = 100);
+    let plugin = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).unwrap();
+    let mut keys = KeyTable::default();
+    let started = std::time::Instant::now();
+    let err = open(&plugin, "loop").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("interrupted");
+    assert!(matches!(err, Error::Stopped { reason: StopReason::Deadline { timeout_ms: 100 }, .. }), "{err}");
+    assert!(err.to_string().contains("100 ms deadline"), "{err}");
+    // It was interrupted, not left to run (a loose bound: this is not a speed test).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(open(&plugin, "echo").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+#[test]
+fn unbounded_allocation_is_stopped_at_the_memory_limit() {
+    let rt = runtime_with(|l| l.memory_bytes = 32 << 20);
+    let plugin = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).unwrap();
+    let mut keys = KeyTable::default();
+    let err = open(&plugin, "grow").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("stopped");
+    assert!(
+        matches!(err, Error::Stopped { reason: StopReason::Memory { limit_bytes } , .. } if limit_bytes == 32 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("32 MiB"), "{err}");
+    assert_eq!(open(&plugin, "echo").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+#[test]
+fn an_error_value_is_returned_and_does_not_stop_the_plugin() {
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let mut inst = open(&plugin, "error");
+    let err = inst.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("an error value");
+    assert!(
+        matches!(&err, Error::Rejected { error: GuestError::Failed(m), .. } if m.contains("asked to fail")),
+        "{err}"
+    );
+    assert!(!inst.is_stopped());
+}
+
+#[test]
+fn the_sandbox_has_no_files_environment_network_or_clock() {
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let out = open(&plugin, "probe").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap();
+    let probe = out.iter().find(|b| b.series == 1).expect("a probe sample");
+    let got: Vec<f64> = probe.fields.iter().map(|c| c[0]).collect();
+    // fs, env, net reached nothing; the clock reads 0 ms since the epoch.
+    assert_eq!(got, vec![0.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn a_plugin_logging_every_sample_keeps_running() {
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let mut inst = open(&plugin, "log");
+    let out = inst.process(&[batch(&mut keys, &["AAPL"], 5_000)], &keys).unwrap();
+    assert_eq!(out[0].len(), 5_000);
+    assert!(!inst.is_stopped());
+}
