@@ -27,6 +27,30 @@ enum Command {
     Check(CheckArgs),
     /// Runs a plugin (or a chain of plugins) over a file of trades or bars.
     Exec(ExecArgs),
+    /// Writes a seeded synthetic market (trades) to a CSV or JSONL file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Where to write: `.csv` or `.jsonl`.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Symbols, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "AAPL,MSFT,NVDA,BTC-USD,ETH-USD")]
+    symbols: Vec<String>,
+    /// How many trades.
+    #[arg(long, default_value_t = 100_000)]
+    trades: usize,
+    /// Trades per second of event time, all symbols together.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Event time of the start, ms since the Unix epoch (default: 2026-01-05 14:30 UTC).
+    #[arg(long, default_value_t = 1_767_623_400_000)]
+    start_ms: i64,
+    /// The seed: the same seed writes the same trades.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Exec(args) => exec(args),
+        Command::Generate(args) => generate(args),
     }
 }
 
@@ -261,6 +286,32 @@ fn exec(args: ExecArgs) -> Result<()> {
         s.samples_out,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let symbols: Vec<&str> = args.symbols.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    if symbols.is_empty() {
+        bail!("--symbols is empty; name at least one symbol");
+    }
+    let jsonl = has_ext(&args.output, &["jsonl", "ndjson", "json"]);
+    let file = std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    if !jsonl {
+        writeln!(out, "symbol,ts,price,size")?;
+    }
+    let market = crate::synthetic::Market::new(args.seed, &symbols, args.start_ms, args.rate);
+    for t in market.take(args.trades) {
+        let symbol = symbols[t.symbol];
+        // `{:?}` is the shortest form that reads back to the same f64.
+        if jsonl {
+            writeln!(out, r#"{{"symbol":"{symbol}","ts":{},"price":{:?},"size":{:?}}}"#, t.ts, t.price, t.size)?;
+        } else {
+            writeln!(out, "{symbol},{},{:?},{:?}", t.ts, t.price, t.size)?;
+        }
+    }
+    out.flush()?;
+    eprintln!("tickfold: wrote {} trades of {} symbols to {}", args.trades, symbols.len(), args.output.display());
     Ok(())
 }
 

@@ -10,9 +10,12 @@
 //! 4. [`exec`] drives a chain of plugins over a file, the way the dataflow
 //!    will over a stream: batches in, watermarks, outputs out.
 //! 5. [`cli`] is the `tickfold` command.
+//!
+//! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
 pub mod cli;
 pub mod exec;
 pub mod keys;
 pub mod plugin;
 pub mod source;
+pub mod synthetic;

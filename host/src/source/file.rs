@@ -55,6 +55,9 @@ pub struct FileSource {
     reader: Reader,
 }
 
+/// One JSON record and the line it came from.
+type JsonRecord = (u64, serde_json::Map<String, serde_json::Value>);
+
 enum Reader {
     Csv {
         records: csv::StringRecordsIntoIter<File>,
@@ -66,7 +69,7 @@ enum Reader {
     Jsonl {
         lines: std::io::Lines<BufReader<File>>,
         line: u64,
-        first: Option<(u64, serde_json::Map<String, serde_json::Value>)>,
+        first: Option<JsonRecord>,
         keys: (String, String),
     },
     Parquet {
@@ -216,7 +219,7 @@ fn next_json(
     path: &Path,
     lines: &mut std::io::Lines<BufReader<File>>,
     line: &mut u64,
-) -> Result<Option<(u64, serde_json::Map<String, serde_json::Value>)>, FileError> {
+) -> Result<Option<JsonRecord>, FileError> {
     for text in lines.by_ref() {
         *line += 1;
         let text = text.map_err(|source| FileError::Io { path: path.to_path_buf(), source })?;

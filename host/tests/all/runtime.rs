@@ -143,7 +143,7 @@ fn a_batch_of_the_wrong_shape_is_refused_and_the_instance_goes_on() {
     let mut keys = KeyTable::default();
     let mut bad = batch(&mut keys, &["AAPL"], 3);
     bad.ts.pop();
-    let err = inst.process(&[bad], &keys).err().expect("refused");
+    let err = inst.process(&[bad], &keys).expect_err("refused");
     assert!(
         matches!(&err, Error::Rejected { error: GuestError::BadInput(m), .. } if m.contains("timestamps")),
         "{err}"
@@ -178,7 +178,7 @@ fn a_trapping_plugin_is_stopped_with_its_panic_message_and_others_run_on() {
     let mut keys = KeyTable::default();
     let mut bad = open(&plugin, "trap");
     let mut good = open(&plugin, "echo");
-    let err = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("it traps");
+    let err = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("it traps");
     match &err {
         Error::Stopped { reason: StopReason::Trap(_), detail, plugin, .. } => {
             assert!(detail.contains("asked to trap"), "the panic message is in the report: {detail}");
@@ -187,7 +187,7 @@ fn a_trapping_plugin_is_stopped_with_its_panic_message_and_others_run_on() {
         other => panic!("expected a trap, got {other}"),
     }
     assert!(bad.is_stopped());
-    let again = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("stays stopped");
+    let again = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("stays stopped");
     assert!(matches!(again, Error::AlreadyStopped { .. }), "{again}");
     // The other instance, and a new one, still work.
     assert_eq!(good.process(&[batch(&mut keys, &["AAPL"], 2)], &keys).unwrap()[0].len(), 2);
@@ -200,7 +200,7 @@ fn an_endless_loop_is_interrupted_at_the_deadline() {
     let plugin = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).unwrap();
     let mut keys = KeyTable::default();
     let started = std::time::Instant::now();
-    let err = open(&plugin, "loop").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("interrupted");
+    let err = open(&plugin, "loop").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("interrupted");
     assert!(matches!(err, Error::Stopped { reason: StopReason::Deadline { timeout_ms: 100 }, .. }), "{err}");
     assert!(err.to_string().contains("100 ms deadline"), "{err}");
     // It was interrupted, not left to run (a loose bound: this is not a speed test).
@@ -213,7 +213,7 @@ fn unbounded_allocation_is_stopped_at_the_memory_limit() {
     let rt = runtime_with(|l| l.memory_bytes = 32 << 20);
     let plugin = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).unwrap();
     let mut keys = KeyTable::default();
-    let err = open(&plugin, "grow").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("stopped");
+    let err = open(&plugin, "grow").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("stopped");
     assert!(
         matches!(err, Error::Stopped { reason: StopReason::Memory { limit_bytes } , .. } if limit_bytes == 32 << 20),
         "{err}"
@@ -227,7 +227,7 @@ fn an_error_value_is_returned_and_does_not_stop_the_plugin() {
     let plugin = fixture();
     let mut keys = KeyTable::default();
     let mut inst = open(&plugin, "error");
-    let err = inst.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).err().expect("an error value");
+    let err = inst.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("an error value");
     assert!(
         matches!(&err, Error::Rejected { error: GuestError::Failed(m), .. } if m.contains("asked to fail")),
         "{err}"
@@ -254,4 +254,49 @@ fn a_plugin_logging_every_sample_keeps_running() {
     let out = inst.process(&[batch(&mut keys, &["AAPL"], 5_000)], &keys).unwrap();
     assert_eq!(out[0].len(), 5_000);
     assert!(!inst.is_stopped());
+}
+
+#[test]
+fn a_snapshot_in_a_format_the_plugin_does_not_read_is_refused_clearly() {
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let mut a = open(&plugin, "echo");
+    a.process(&[batch(&mut keys, &["AAPL"], 2)], &keys).unwrap();
+    let mut snap = a.snapshot().unwrap();
+    assert_eq!(snap.format_version, plugin.descriptor().state_format_version);
+    // As if written by a later version of the plugin with another layout.
+    snap.format_version += 1;
+    let err = plugin.restore(&plugin::params([("mode", "echo")]), &snap).err().expect("refused");
+    match &err {
+        Error::Rejected { error: GuestError::BadState(m), call: "restore", .. } => {
+            assert!(m.contains("format version 2") && m.contains("start the plugin from empty state"), "{m}")
+        }
+        other => panic!("expected bad state, got {other}"),
+    }
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk_when_asked() {
+    let dir = crate::support::TempDir::new("cache");
+    let rt = tickfold::plugin::PluginRuntime::new(Default::default(), Some(dir.path().to_path_buf())).unwrap();
+    let wasm = plugin_wasm("tickfold-test-fixtures");
+    rt.load_file(&wasm).unwrap();
+    // wasmtime writes the cache entry in the background; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let count = || walk(dir.path());
+    while count() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(count() > 0, "nothing cached in {}", dir.path().display());
+    // A second runtime loads from the cache and still works.
+    let rt2 = tickfold::plugin::PluginRuntime::new(Default::default(), Some(dir.path().to_path_buf())).unwrap();
+    let plugin = rt2.load_file(&wasm).unwrap();
+    let mut keys = KeyTable::default();
+    assert_eq!(open(&plugin, "echo").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
 }

@@ -11,12 +11,18 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()
 }
 
-/// The target directory scripts/build-plugins.sh builds into.
+/// The target directory scripts/build-plugins.sh builds into (both
+/// variants: wasm32-wasip2, and cargo-component's wasm32-wasip1).
+pub fn plugin_target_dir() -> &'static Path {
+    plugin_target()
+}
+
 fn plugin_target() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let script = root().join("scripts/build-plugins.sh");
-        let out = Command::new("bash").arg(&script).output().expect("running scripts/build-plugins.sh");
+        let out =
+            Command::new("bash").arg(&script).arg("--component").output().expect("running scripts/build-plugins.sh");
         assert!(
             out.status.success(),
             "scripts/build-plugins.sh failed:\n{}{}",
@@ -46,40 +52,7 @@ pub fn runtime() -> PluginRuntime {
     runtime_with(|_| {})
 }
 
-/// A small seeded generator (splitmix64), so test data is reproducible
-/// without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % (hi - lo) as u64) as i64
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u = self.unit().max(1e-300);
-        let v = self.unit();
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+pub use tickfold::synthetic::Rng;
 
 /// One generated trade.
 #[derive(Clone, Debug, PartialEq)]

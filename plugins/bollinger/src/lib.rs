@@ -1,1 +1,352 @@
-//! The `bollinger` plugin (being written).
+//! `bollinger`: Bollinger bands of one input field, per key, with TA-Lib's
+//! conventions (`TA_BBANDS` with an SMA).
+//!
+//! Series `bollinger` carries the fields `middle`, `upper` and `lower`:
+//!
+//! - `middle` is the mean of the key's last `period` values (`TA_SMA`).
+//! - `upper`/`lower` are `middle ± stddev * dev`, where `dev` is the
+//!   POPULATION standard deviation (divided by `period`, not `period - 1`)
+//!   of the same values (`TA_STDDEV`). It is computed from the stored window
+//!   around the mean, so it keeps its digits at any price scale (1e7 ± 0.01
+//!   included); TA-Lib's running E[x²] - E[x]², and its rounding of
+//!   variances below 1e-8 to 0, do not.
+//! - The first output comes with the key's `period`-th value (index
+//!   `period - 1`); nothing is emitted during warm-up. Then one output per
+//!   input sample, labelled with that sample's `ts`.
+//! - Values are consumed per key in arrival order and never reset, not at
+//!   session boundaries either.
+//! - A NaN or infinite value is skipped: no output, no effect on the state.
+//!   Skips are counted and logged at the 1st, 10th, 100th, ... occurrence.
+//! - A snapshot restored with another `period` or `stddev` starts each
+//!   key's warm-up again.
+//!
+//! | parameter | default | meaning |
+//! | --- | --- | --- |
+//! | `period` | `20` | values in the window, from 2 to 100000 |
+//! | `stddev` | `2.0` | band width in standard deviations, positive and finite |
+//! | `field` | `close` | the input field |
+//!
+//! Input: `input` with the one field named by `field`. Output: `bollinger`
+//! with the fields `middle`, `upper`, `lower`.
+
+use tickfold_sdk::log;
+use tickfold_sdk::prelude::*;
+use tickfold_ta::{Bollinger, MAX_PERIOD};
+
+/// See the crate docs.
+pub struct BollingerPlugin {
+    period: usize,
+    k: f64,
+    field: String,
+    skipped: u64,
+    restarted: u64,
+}
+
+impl StreamFunction for BollingerPlugin {
+    type State = Option<Bollinger>;
+
+    fn info() -> Info {
+        Info::new("bollinger", env!("CARGO_PKG_VERSION"))
+            .doc(
+                "Bollinger bands of one field, per key, as TA-Lib computes them: middle = SMA(period), upper and \
+                 lower = middle ± stddev × the population standard deviation of the same values; first emitted \
+                 with the period-th value, then once per input sample. Non-finite values are skipped.",
+            )
+            .param("period", Some("20"), "values in the window, from 2 to 100000")
+            .param("stddev", Some("2.0"), "band width in standard deviations, positive")
+            .param("field", Some("close"), "the input field")
+    }
+
+    fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
+        let period = period(params, "period", 2)?;
+        let raw = params.raw("stddev");
+        let k = match raw.trim().parse::<f64>() {
+            Ok(k) if k.is_finite() && k > 0.0 => k,
+            _ => return Err(params.bad("stddev", raw, "a positive number of standard deviations, such as 2.0")),
+        };
+        let field = field(params)?;
+        io.input("input", &[&field], "the values to measure, per key");
+        io.output("bollinger", &["middle", "upper", "lower"], &format!("Bollinger({period}, {k}) of `{field}`"));
+        Ok(BollingerPlugin { period, k, field, skipped: 0, restarted: 0 })
+    }
+
+    fn process(
+        &mut self,
+        input: &Batch,
+        state: &mut KeyedState<Option<Bollinger>>,
+        out: &mut Output,
+    ) -> Result<(), PluginError> {
+        for row in input.rows() {
+            let x = row.field(0);
+            if !x.is_finite() {
+                self.skipped += 1;
+                if sparse(self.skipped) {
+                    log::warn(&format!(
+                        "bollinger: skipped non-finite `{}` {x} of key `{}` at ts {}; {} skipped so far (logged at \
+                         the 1st, 10th, 100th, ...)",
+                        self.field,
+                        state.name(row.key).unwrap_or("?"),
+                        row.ts,
+                        self.skipped
+                    ));
+                }
+                continue;
+            }
+            if let Some(b) = self.indicator(state, row.key).update(x) {
+                out.emit(0, row.key, row.ts, &[b.middle, b.upper, b.lower]);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BollingerPlugin {
+    /// The key's bands; state saved with another period or width starts over.
+    fn indicator<'s>(&mut self, state: &'s mut KeyedState<Option<Bollinger>>, key: KeyId) -> &'s mut Bollinger {
+        if let Some(Some(saved)) = state.get(key)
+            && (saved.period(), saved.k()) != (self.period, self.k)
+        {
+            self.restarted += 1;
+            if sparse(self.restarted) {
+                log::warn(&format!(
+                    "bollinger: key `{}` was saved with period {} and stddev {}, now {} and {}; its warm-up starts \
+                     again ({} keys so far)",
+                    state.name(key).unwrap_or("?"),
+                    saved.period(),
+                    saved.k(),
+                    self.period,
+                    self.k,
+                    self.restarted
+                ));
+            }
+            state.remove(key);
+        }
+        let (period, k) = (self.period, self.k);
+        state.get_mut(key).get_or_insert_with(|| Bollinger::new(period, k))
+    }
+}
+
+fn period(params: &Params, name: &str, min: usize) -> Result<usize, PluginError> {
+    let raw = params.raw(name);
+    match raw.trim().parse::<usize>() {
+        Ok(p) if (min..=MAX_PERIOD).contains(&p) => Ok(p),
+        _ => Err(params.bad(name, raw, &format!("a whole number from {min} to {MAX_PERIOD}"))),
+    }
+}
+
+fn field(params: &Params) -> Result<String, PluginError> {
+    let raw = params.raw("field");
+    match raw.trim() {
+        "" => Err(params.bad("field", raw, "the name of an input field, such as close")),
+        name => Ok(name.to_string()),
+    }
+}
+
+/// True for 1, 10, 100, ...: how often a repeated problem is logged.
+fn sparse(n: u64) -> bool {
+    let mut m = n;
+    while m >= 10 && m.is_multiple_of(10) {
+        m /= 10;
+    }
+    m == 1
+}
+
+tickfold_sdk::export!(BollingerPlugin);
+
+#[cfg(test)]
+mod tests {
+    use tickfold_reference::ta;
+    use tickfold_sdk::testing::{Harness, Sample};
+
+    use super::*;
+
+    /// splitmix64: seeded, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    type Rows = Vec<(&'static str, Millis, Vec<f64>)>;
+
+    const KEYS: [&str; 3] = ["AAPL", "MSFT", "EURUSD"];
+
+    /// `n` rows of per-key random walks, interleaved at random, with about
+    /// one value in 170 NaN or infinite.
+    fn rows(seed: u64, n: usize) -> Rows {
+        let mut rng = Rng(seed);
+        let (mut price, mut ts) = ([180.0, 420.0, 1.08], [1_700_000_000_000; 3]);
+        let rows: Rows = (0..n)
+            .map(|_| {
+                let k = (rng.next() % 3) as usize;
+                ts[k] += 1 + (rng.next() % 5_000) as Millis;
+                price[k] *= 1.0 + 0.004 * (rng.unit() - 0.5);
+                let x = match rng.next() % 500 {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    _ => price[k],
+                };
+                (KEYS[k], ts[k], vec![x])
+            })
+            .collect();
+        assert!(rows.iter().any(|r| !r.2[0].is_finite()), "the data should exercise skipping");
+        rows
+    }
+
+    /// Feeds `rows` in batches of 1 to 64 rows.
+    fn feed(h: &mut Harness<BollingerPlugin>, rows: &[(&str, Millis, Vec<f64>)], seed: u64) -> Vec<Sample> {
+        let (mut rng, mut out, mut rest) = (Rng(seed), Vec::new(), rows);
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at((1 + rng.next() as usize % 64).min(rest.len()));
+            out.extend(h.process(0, batch).unwrap());
+            rest = tail;
+        }
+        out
+    }
+
+    /// The finite `(ts, value)`s of `key`, in order: what its indicator sees.
+    fn inputs(rows: &[(&str, Millis, Vec<f64>)], key: &str) -> Vec<(Millis, f64)> {
+        rows.iter().filter(|r| r.0 == key && r.2[0].is_finite()).map(|r| (r.1, r.2[0])).collect()
+    }
+
+    /// Checks the outputs of `series` for `key` against `want` (aligned with
+    /// `inputs`): a warm-up of exactly `lookback` inputs, then one output
+    /// per input with its ts, within 1e-9 relative. Returns the count.
+    fn check(
+        out: &[Sample],
+        series: &str,
+        key: &str,
+        inputs: &[(Millis, f64)],
+        want: &[Option<Vec<f64>>],
+        lookback: usize,
+    ) -> usize {
+        assert_eq!(want.iter().position(Option::is_some), Some(lookback), "{series}: the reference's warm-up");
+        let got: Vec<&Sample> = out.iter().filter(|s| s.series == series && s.key == key).collect();
+        assert_eq!(got.len(), inputs.len() - lookback, "{series} {key}: outputs after a warm-up of {lookback}");
+        for (i, s) in (lookback..).zip(&got) {
+            assert_eq!(s.ts, inputs[i].0, "{series} {key}: output for input {i} has its ts");
+            let w = want[i].as_ref().unwrap();
+            assert_eq!(s.values.len(), w.len());
+            for (g, w) in s.values.iter().zip(w) {
+                assert!((g - w).abs() <= w.abs().max(1.0) * 1e-9, "{series} {key} at input {i}: {g} vs {w}");
+            }
+        }
+        got.len()
+    }
+
+    fn reference(xs: &[f64], period: usize, k: f64) -> Vec<Option<Vec<f64>>> {
+        ta::bbands(xs, period, k).into_iter().map(|v| v.map(|(m, u, l)| vec![m, u, l])).collect()
+    }
+
+    fn bad_params(params: &[(&str, &str)]) -> String {
+        match Harness::<BollingerPlugin>::open(params) {
+            Err(PluginError::BadParams(m)) => m,
+            Err(e) => panic!("{params:?}: expected bad-params, got {e:?}"),
+            Ok(_) => panic!("{params:?} should be refused"),
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_for_every_key() {
+        let rows = rows(1, 4_000);
+        for (period, k) in [(20, 2.0), (2, 1.0), (5, 1.5), (120, 3.0)] {
+            let (p, ks) = (period.to_string(), k.to_string());
+            let mut h =
+                Harness::<BollingerPlugin>::open(&[("period", &p), ("stddev", &ks), ("field", "vwap")]).unwrap();
+            assert_eq!(h.instance().inputs()[0].fields, ["vwap"]);
+            let out = feed(&mut h, &rows, 2);
+            let mut checked = 0;
+            for key in KEYS {
+                let inputs = inputs(&rows, key);
+                let xs: Vec<f64> = inputs.iter().map(|i| i.1).collect();
+                checked += check(&out, "bollinger", key, &inputs, &reference(&xs, period, k), period - 1);
+            }
+            assert_eq!(checked, out.len(), "no outputs beyond the expected ones");
+        }
+    }
+
+    #[test]
+    fn the_deviation_is_the_population_one() {
+        // The textbook example: mean 5, population deviation 2 (the sample
+        // deviation would be 2.138...).
+        let rows: Rows = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0].iter().map(|&x| ("AAPL", 0, vec![x])).collect();
+        let out = Harness::<BollingerPlugin>::open(&[("period", "8")]).unwrap().run(&rows, None).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].values, [5.0, 9.0, 1.0]);
+    }
+
+    #[test]
+    fn defaults_declare_one_series_of_three_fields() {
+        let d = tickfold_sdk::runtime::describe::<BollingerPlugin>();
+        assert_eq!(d.inputs[0].fields, ["close"]);
+        assert_eq!((d.outputs.len(), d.outputs[0].name.as_str()), (1, "bollinger"));
+        assert_eq!(d.outputs[0].fields, ["middle", "upper", "lower"]);
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_like_an_uninterrupted_run() {
+        let rows = rows(3, 3_000);
+        // 20 rows: inside every key's warm-up; 1500: long after it.
+        for split in [20, 1_500] {
+            let (a, b) = rows.split_at(split);
+            let mut whole = Harness::<BollingerPlugin>::open(&[]).unwrap();
+            feed(&mut whole, a, 4);
+            let want = feed(&mut whole, b, 5);
+
+            let mut first = Harness::<BollingerPlugin>::open(&[]).unwrap();
+            feed(&mut first, a, 4);
+            let mut second = Harness::<BollingerPlugin>::restore(&[], first.instance().snapshot()).unwrap();
+            // Other ids than before: state must follow the names.
+            KEYS.iter().rev().for_each(|k| _ = second.key(k));
+            let got = feed(&mut second, b, 5);
+            assert!(want.len() > 100);
+            assert_eq!(got, want, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn restoring_with_another_width_starts_over() {
+        let rows = rows(6, 2_000);
+        let (a, b) = rows.split_at(900);
+        let mut first = Harness::<BollingerPlugin>::open(&[]).unwrap();
+        feed(&mut first, a, 7);
+        let params = [("stddev", "2.5")];
+        let mut second = Harness::<BollingerPlugin>::restore(&params, first.instance().snapshot()).unwrap();
+        let out = feed(&mut second, b, 8);
+        for key in KEYS {
+            let inputs = inputs(b, key);
+            let xs: Vec<f64> = inputs.iter().map(|i| i.1).collect();
+            check(&out, "bollinger", key, &inputs, &reference(&xs, 20, 2.5), 19);
+        }
+    }
+
+    #[test]
+    fn bad_params_say_what_to_change() {
+        for period in ["1", "x", "", "100001"] {
+            let m = bad_params(&[("period", period)]);
+            assert!(m.contains(&format!("`period` must be a whole number from 2 to 100000, got `{period}`")), "{m}");
+        }
+        for k in ["0", "-1", "NaN", "inf", "two"] {
+            let m = bad_params(&[("stddev", k)]);
+            assert!(
+                m.contains(&format!(
+                    "`stddev` must be a positive number of standard deviations, such as 2.0, got `{k}`"
+                )),
+                "{m}"
+            );
+        }
+        let m = bad_params(&[("field", "")]);
+        assert!(m.contains("`field` must be the name of an input field"), "{m}");
+    }
+}

@@ -202,9 +202,9 @@ macro_rules! export {
                     $crate::runtime::describe::<$plugin>()
                 }
             }
-            $crate::bindings::__export_bindings!(TickfoldExport with_types_in $crate::bindings);
+    $crate::bindings::__export_bindings!(TickfoldExport with_types_in $crate::bindings);
         };
-const _: fn() = || {
+        const _: fn() = || {
             fn is_a_stream_function<T: $crate::StreamFunction>() {}
             is_a_stream_function::<$plugin>();
         };

@@ -131,19 +131,46 @@ impl Params {
     /// Parses a parameter with [`FromStr`].
     pub fn get<T: FromStr>(&self, name: &str) -> Result<T, PluginError> {
         let raw = self.raw(name);
-        raw.trim().parse().map_err(|_| {
-            self.bad(name, raw, &format!("a {}", std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")))
-        })
+        raw.trim().parse().map_err(|_| self.bad(name, raw, kind_of::<T>()))
+    }
+
+    /// Parses a whole number and checks it lies in `range`.
+    pub fn int_in(&self, name: &str, range: std::ops::RangeInclusive<i64>) -> Result<i64, PluginError> {
+        let raw = self.raw(name);
+        let expected = format!("a whole number from {} to {}", range.start(), range.end());
+        match raw.trim().parse::<i64>() {
+            Ok(v) if range.contains(&v) => Ok(v),
+            _ => Err(self.bad(name, raw, &expected)),
+        }
+    }
+
+    /// Parses a finite number greater than zero.
+    pub fn positive(&self, name: &str) -> Result<f64, PluginError> {
+        let raw = self.raw(name);
+        match raw.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+            _ => Err(self.bad(name, raw, "a number greater than 0")),
+        }
+    }
+
+    /// Parses a duration (as [`Params::duration_ms`]) greater than zero.
+    pub fn positive_duration_ms(&self, name: &str) -> Result<i64, PluginError> {
+        match self.duration_ms(name)? {
+            0 => Err(self.bad(name, self.raw(name), "a duration greater than 0, such as 1m")),
+            ms => Ok(ms),
+        }
     }
 
     /// Parses a comma-separated list, such as `periods=5,15,30`.
     pub fn list<T: FromStr>(&self, name: &str) -> Result<Vec<T>, PluginError> {
         let raw = self.raw(name);
-        raw.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().map_err(|_| self.bad(name, raw, "a comma-separated list of numbers")))
-            .collect()
+        let expected =
+            format!("a comma-separated list of {}s, such as 5,15,30", kind_of::<T>().trim_start_matches("a "));
+        if raw.trim().is_empty() {
+            return Err(self.bad(name, raw, &expected));
+        }
+        // An empty entry (`5,,15`) is a typo, not a value to skip.
+        raw.split(',').map(|s| s.trim().parse().map_err(|_| self.bad(name, raw, &expected))).collect()
     }
 
     /// Parses a duration in milliseconds: `250ms`, `30s`, `5m`, `1h`, `1d`,
@@ -172,6 +199,17 @@ impl Params {
     /// expected.
     pub fn bad(&self, name: &str, got: &str, expected: &str) -> PluginError {
         PluginError::BadParams(format!("{}: parameter `{name}` must be {expected}, got `{got}`", self.plugin))
+    }
+}
+
+/// What a value of `T` looks like, in words for whoever deploys a plugin.
+fn kind_of<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        _ => "a valid value",
     }
 }
 
@@ -243,7 +281,7 @@ mod tests {
         let err = params.duration_ms("window").unwrap_err().message().to_string();
         assert!(err.contains("must be a duration") && err.contains("`soon`"), "{err}");
         let err = params.get::<u32>("period").unwrap_err().message().to_string();
-        assert!(err.contains("must be a u32, got `x`"), "{err}");
+        assert!(err.contains("must be a whole number, 0 or more, got `x`"), "{err}");
     }
 
     #[test]

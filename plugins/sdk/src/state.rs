@@ -18,12 +18,20 @@ pub struct KeyedState<S> {
     names: Vec<Option<String>>,
     /// Restored state of keys the host has not named again yet.
     pending: HashMap<String, S>,
+    /// Ids whose restored state arrived since [`KeyedState::take_restored`].
+    restored: Vec<KeyId>,
     watermark: Millis,
 }
 
 impl<S> Default for KeyedState<S> {
     fn default() -> Self {
-        KeyedState { slots: Vec::new(), names: Vec::new(), pending: HashMap::new(), watermark: Millis::MIN }
+        KeyedState {
+            slots: Vec::new(),
+            names: Vec::new(),
+            pending: HashMap::new(),
+            restored: Vec::new(),
+            watermark: Millis::MIN,
+        }
     }
 }
 
@@ -66,6 +74,15 @@ impl<S> KeyedState<S> {
         matches!(self.names.get(key as usize), Some(Some(_)))
     }
 
+    /// The keys whose saved state has been restored since the last call.
+    ///
+    /// Restored state reaches a key when the host names it, which can be
+    /// long after the restore. A plugin that caches something across keys
+    /// (the earliest time any window closes, say) folds these keys in.
+    pub fn take_restored(&mut self) -> std::vec::Drain<'_, KeyId> {
+        self.restored.drain(..)
+    }
+
     /// The last watermark this instance was given (`Millis::MIN` before the
     /// first). Samples derived from closed windows may be older.
     pub fn watermark(&self) -> Millis {
@@ -89,6 +106,7 @@ impl<S> KeyedState<S> {
                     self.slots.resize_with(i + 1, || None);
                 }
                 self.slots[i] = Some(state);
+                self.restored.push(id);
             }
             self.names[i] = Some(name);
         }
@@ -134,7 +152,7 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned> KeyedState<S> {
                 return Err(PluginError::BadState(format!("key `{key}` appears twice in the snapshot")));
             }
         }
-        Ok(KeyedState { slots: Vec::new(), names: Vec::new(), pending, watermark })
+        Ok(KeyedState { slots: Vec::new(), names: Vec::new(), pending, restored: Vec::new(), watermark })
     }
 }
 

@@ -49,9 +49,15 @@ impl<P: StreamFunction> Harness<P> {
         Ok(Self::from_instance(Instance::open(&to_params(params))?))
     }
 
-    /// Restores the plugin from a snapshot.
+    /// Restores the plugin from a snapshot and, as the host does, names
+    /// every key the snapshot holds.
     pub fn restore(params: &[(&str, &str)], snapshot: Snapshot) -> Result<Self, PluginError> {
-        Ok(Self::from_instance(Instance::restore(&to_params(params), snapshot)?))
+        let names: Vec<String> = snapshot.keys.iter().map(|k| k.key.clone()).collect();
+        let mut h = Self::from_instance(Instance::restore(&to_params(params), snapshot)?);
+        names.iter().for_each(|n| {
+            h.key(n);
+        });
+        Ok(h)
     }
 
     fn from_instance(instance: Instance<P>) -> Self {
@@ -103,6 +109,19 @@ impl<P: StreamFunction> Harness<P> {
         rows: &[(&str, Millis, Vec<f64>)],
         lag_ms: Option<Millis>,
     ) -> Result<Vec<Sample>, PluginError> {
+        let mut out = self.feed(rows, lag_ms)?;
+        out.extend(self.finish()?);
+        Ok(out)
+    }
+
+    /// Like [`Harness::run`] without the final watermark, to continue later
+    /// (after a snapshot, say). The highest event time seen so far carries
+    /// over between calls, and can be set with [`Harness::set_max_ts`].
+    pub fn feed(
+        &mut self,
+        rows: &[(&str, Millis, Vec<f64>)],
+        lag_ms: Option<Millis>,
+    ) -> Result<Vec<Sample>, PluginError> {
         let mut out = Vec::new();
         for row in rows {
             out.extend(self.process(0, std::slice::from_ref(row))?);
@@ -110,8 +129,18 @@ impl<P: StreamFunction> Harness<P> {
                 out.extend(self.watermark(self.max_ts.saturating_sub(lag))?);
             }
         }
-        out.extend(self.watermark(Millis::MAX)?);
         Ok(out)
+    }
+
+    /// Ends the input: the watermark moves to `Millis::MAX`.
+    pub fn finish(&mut self) -> Result<Vec<Sample>, PluginError> {
+        self.watermark(Millis::MAX)
+    }
+
+    /// Sets the highest event time seen, as when continuing a run in a
+    /// restored instance.
+    pub fn set_max_ts(&mut self, ts: Millis) {
+        self.max_ts = ts;
     }
 
     fn samples(&self, batches: Vec<Batch>) -> Vec<Sample> {

@@ -58,7 +58,11 @@ impl WindowSpec {
     /// The latest window start at or before `ts`.
     #[inline]
     pub fn last_start(&self, ts: Millis) -> Millis {
-        (ts - self.offset_ms).div_euclid(self.slide_ms) * self.slide_ms + self.offset_ms
+        // Saturating: event times near the ends of i64 must not overflow.
+        ts.saturating_sub(self.offset_ms)
+            .div_euclid(self.slide_ms)
+            .saturating_mul(self.slide_ms)
+            .saturating_add(self.offset_ms)
     }
 
     /// The starts of every window containing `ts`, latest first.
@@ -67,7 +71,7 @@ impl WindowSpec {
         let mut next = Some(spec.last_start(ts));
         std::iter::from_fn(move || {
             let start = next?;
-            next = Some(start - spec.slide_ms).filter(|s| s + spec.size_ms > ts);
+            next = start.checked_sub(spec.slide_ms).filter(|s| s.saturating_add(spec.size_ms) > ts);
             Some(start)
         })
     }
@@ -75,13 +79,13 @@ impl WindowSpec {
     /// The end (exclusive) of the window starting at `start`.
     #[inline]
     pub fn end(&self, start: Millis) -> Millis {
-        start + self.size_ms
+        start.saturating_add(self.size_ms)
     }
 
     /// The watermark at which the window starting at `start` closes.
     #[inline]
     pub fn closes_at(&self, start: Millis) -> Millis {
-        start + self.size_ms + self.lateness_ms
+        start.saturating_add(self.size_ms).saturating_add(self.lateness_ms)
     }
 }
 
@@ -204,6 +208,17 @@ mod tests {
         w.close(&spec, i64::MAX, |s, a| closed.push((s, a)));
         assert_eq!(closed[1], (10, vec![12]));
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn times_at_the_ends_of_i64_do_not_overflow() {
+        let spec = WindowSpec::sliding(60_000, 30_000).with_lateness(1_000);
+        let mut w = Windows::<u32>::default();
+        assert_eq!(w.add(&spec, i64::MAX - 5, i64::MIN, |_, a| *a += 1), Placed::Open);
+        assert_eq!(w.add(&spec, i64::MIN + 5, i64::MIN, |_, a| *a += 1), Placed::Open);
+        let mut closed = 0;
+        w.close(&spec, i64::MAX, |_, _| closed += 1);
+        assert!(closed >= 2);
     }
 
     #[test]
