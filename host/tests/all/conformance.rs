@@ -323,3 +323,126 @@ fn snapshot_restore_continue_equals_an_uninterrupted_run() {
         assert_eq!(g, w, "{label}: restored run differs from the uninterrupted one");
     }
 }
+
+/// Bar closes of several keys, interleaved: a per-key random walk at the
+/// given price scale, in event-time order per key.
+fn closes(seed: u64, n: usize, scale: f64) -> Rows {
+    let mut rng = crate::support::Rng::new(seed);
+    let mut level = [scale, 2.0 * scale, 0.5 * scale];
+    (0..n)
+        .map(|i| {
+            let k = (rng.next_u64() % 3) as usize;
+            level[k] *= (0.01 * rng.normal()).exp();
+            (SYMBOLS[k].to_string(), 60_000 * i as i64, vec![level[k]])
+        })
+        .collect()
+}
+
+/// The expected outputs of an indicator computed per key by `reference`
+/// over the key's values in arrival order, labelled with each input's ts.
+fn per_key(rows: &Rows, series: &str, reference: impl Fn(&[f64]) -> Vec<Option<Vec<f64>>>) -> Vec<Out> {
+    let mut out = Vec::new();
+    for key in SYMBOLS {
+        let mine: Vec<&(String, i64, Vec<f64>)> = rows.iter().filter(|r| r.0 == key).collect();
+        let values: Vec<f64> = mine.iter().map(|r| r.2[0]).collect();
+        for (row, v) in mine.iter().zip(reference(&values)) {
+            if let Some(values) = v {
+                out.push(Out { series: series.into(), key: key.into(), ts: row.1, values });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn indicators_match_ta_lib_conventions_through_webassembly() {
+    use tickfold_reference::ta;
+    for scale in [100.0, 1e-6, 1e7] {
+        let rows = closes(505, 3_000, scale);
+        let what = |name: &str| format!("{name} at price scale {scale}");
+        for (name, plugin) in variants("sma") {
+            let got = drive(&plugin, &[("periods", "5,30")], &rows, 500, None, false);
+            let mut want = per_key(&rows, "sma_5", |v| ta::sma(v, 5).into_iter().map(|o| o.map(|x| vec![x])).collect());
+            want.extend(per_key(&rows, "sma_30", |v| ta::sma(v, 30).into_iter().map(|o| o.map(|x| vec![x])).collect()));
+            assert_same(&what(&name), got, want);
+        }
+        for (name, plugin) in variants("ema") {
+            let got = drive(&plugin, &[("periods", "12,26")], &rows, 500, None, false);
+            let mut want =
+                per_key(&rows, "ema_12", |v| ta::ema(v, 12).into_iter().map(|o| o.map(|x| vec![x])).collect());
+            want.extend(per_key(&rows, "ema_26", |v| ta::ema(v, 26).into_iter().map(|o| o.map(|x| vec![x])).collect()));
+            assert_same(&what(&name), got, want);
+        }
+        for (name, plugin) in variants("rsi") {
+            let got = drive(&plugin, &[], &rows, 500, None, false);
+            let want = per_key(&rows, "rsi", |v| ta::rsi(v, 14).into_iter().map(|o| o.map(|x| vec![x])).collect());
+            assert_same(&what(&name), got, want);
+        }
+        for (variant, reference) in
+            [("standard", ta::macd as fn(&[f64], usize, usize, usize) -> _), ("talib", ta::macd_talib)]
+        {
+            for (name, plugin) in variants("macd") {
+                let got = drive(&plugin, &[("variant", variant)], &rows, 500, None, false);
+                let want = per_key(&rows, "macd", |v| {
+                    reference(v, 12, 26, 9).into_iter().map(|o| o.map(|(m, s, h)| vec![m, s, h])).collect()
+                });
+                assert_same(&format!("{} ({variant})", what(&name)), got, want);
+            }
+        }
+        for (name, plugin) in variants("bollinger") {
+            let got = drive(&plugin, &[], &rows, 500, None, false);
+            let want = per_key(&rows, "bollinger", |v| {
+                ta::bbands(v, 20, 2.0).into_iter().map(|o| o.map(|(m, u, l)| vec![m, u, l])).collect()
+            });
+            assert_same(&what(&name), got, want);
+        }
+    }
+}
+
+#[test]
+fn the_indicator_chain_from_trades_matches_the_references() {
+    // ohlcv → rsi as `tickfold exec` wires it: the reference RSI runs over
+    // the reference bars' closes.
+    let data = trades(606, &SYMBOLS, 30_000, 1_700_000_000_000, 100.0);
+    // The chain's source leaves out trades below the watermark on arrival
+    // (a 10 s lag); the reference gets the trades it lets through.
+    let kept = host_filtered(&data, 10_000);
+    assert!(kept.len() < data.len(), "some trades should be late");
+    let bars = market::ohlcv_bars(&ref_trades(&kept), 60_000, 0, None);
+    let bar_rows: Rows = bars.bars.iter().map(|b| (b.key.clone(), b.start, vec![b.close])).collect();
+    let want = per_key(&bar_rows, "rsi", |v| {
+        tickfold_reference::ta::rsi(v, 14).into_iter().map(|o| o.map(|x| vec![x])).collect()
+    });
+
+    let rt = runtime();
+    let plugins = [rt.load_file(&plugin_wasm("ohlcv")).unwrap(), rt.load_file(&plugin_wasm("rsi")).unwrap()];
+    let params = tickfold::exec::assign_params(&plugins, &[]).unwrap();
+    let mut chain =
+        tickfold::exec::Chain::open(&plugins, &params, &["price".into(), "size".into()], 10_000, false).unwrap();
+    let mut sink = Collect(Vec::new());
+    for part in data.chunks(1000) {
+        let chunk = tickfold::source::Chunk {
+            symbols: part.iter().map(|t| t.symbol.clone()).collect(),
+            ts: part.iter().map(|t| t.ts).collect(),
+            fields: vec![part.iter().map(|t| t.price).collect(), part.iter().map(|t| t.size).collect()],
+        };
+        chain.push(&chunk, &mut sink).unwrap();
+    }
+    chain.finish(&mut sink).unwrap();
+    assert_eq!(chain.stats().late as usize, data.len() - kept.len());
+    assert_same("ohlcv → rsi", sink.0, want);
+}
+
+/// An output writer that keeps what it is given.
+struct Collect(Vec<Out>);
+
+impl tickfold::exec::OutputWriter for Collect {
+    fn write(&mut self, series: &str, _: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()> {
+        self.0.push(Out { series: series.into(), key: symbol.into(), ts, values: values.to_vec() });
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
