@@ -29,7 +29,7 @@
 //! Input: `input` with the one field named by `field`. Output: `bollinger`
 //! with the fields `middle`, `upper`, `lower`.
 
-use tickfold_sdk::log;
+use tickfold_sdk::log::{self, Occurrences};
 use tickfold_sdk::prelude::*;
 use tickfold_ta::{Bollinger, MAX_PERIOD};
 
@@ -38,8 +38,8 @@ pub struct BollingerPlugin {
     period: usize,
     k: f64,
     field: String,
-    skipped: u64,
-    restarted: u64,
+    skipped: Occurrences,
+    restarted: Occurrences,
 }
 
 impl StreamFunction for BollingerPlugin {
@@ -58,16 +58,16 @@ impl StreamFunction for BollingerPlugin {
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
-        let period = period(params, "period", 2)?;
+        let period = params.usize_in("period", 2..=MAX_PERIOD)?;
         let raw = params.raw("stddev");
         let k = match raw.trim().parse::<f64>() {
             Ok(k) if k.is_finite() && k > 0.0 => k,
             _ => return Err(params.bad("stddev", raw, "a positive number of standard deviations, such as 2.0")),
         };
-        let field = field(params)?;
+        let field = params.field_name("field")?;
         io.input("input", &[&field], "the values to measure, per key");
         io.output("bollinger", &["middle", "upper", "lower"], &format!("Bollinger({period}, {k}) of `{field}`"));
-        Ok(BollingerPlugin { period, k, field, skipped: 0, restarted: 0 })
+        Ok(BollingerPlugin { period, k, field, skipped: Occurrences::default(), restarted: Occurrences::default() })
     }
 
     fn process(
@@ -79,16 +79,8 @@ impl StreamFunction for BollingerPlugin {
         for row in input.rows() {
             let x = row.field(0);
             if !x.is_finite() {
-                self.skipped += 1;
-                if sparse(self.skipped) {
-                    log::warn(&format!(
-                        "bollinger: skipped non-finite `{}` {x} of key `{}` at ts {}; {} skipped so far (logged at \
-                         the 1st, 10th, 100th, ...)",
-                        self.field,
-                        state.name(row.key).unwrap_or("?"),
-                        row.ts,
-                        self.skipped
-                    ));
+                if let Some(n) = self.skipped.count() {
+                    log::skipped_non_finite("bollinger", &self.field, x, state.name(row.key).unwrap_or("?"), row.ts, n);
                 }
                 continue;
             }
@@ -106,8 +98,7 @@ impl BollingerPlugin {
         if let Some(Some(saved)) = state.get(key)
             && (saved.period(), saved.k()) != (self.period, self.k)
         {
-            self.restarted += 1;
-            if sparse(self.restarted) {
+            if let Some(restarted) = self.restarted.count() {
                 log::warn(&format!(
                     "bollinger: key `{}` was saved with period {} and stddev {}, now {} and {}; its warm-up starts \
                      again ({} keys so far)",
@@ -116,7 +107,7 @@ impl BollingerPlugin {
                     saved.k(),
                     self.period,
                     self.k,
-                    self.restarted
+                    restarted
                 ));
             }
             state.remove(key);
@@ -126,56 +117,15 @@ impl BollingerPlugin {
     }
 }
 
-fn period(params: &Params, name: &str, min: usize) -> Result<usize, PluginError> {
-    let raw = params.raw(name);
-    match raw.trim().parse::<usize>() {
-        Ok(p) if (min..=MAX_PERIOD).contains(&p) => Ok(p),
-        _ => Err(params.bad(name, raw, &format!("a whole number from {min} to {MAX_PERIOD}"))),
-    }
-}
-
-fn field(params: &Params) -> Result<String, PluginError> {
-    let raw = params.raw("field");
-    match raw.trim() {
-        "" => Err(params.bad("field", raw, "the name of an input field, such as close")),
-        name => Ok(name.to_string()),
-    }
-}
-
-/// True for 1, 10, 100, ...: how often a repeated problem is logged.
-fn sparse(n: u64) -> bool {
-    let mut m = n;
-    while m >= 10 && m.is_multiple_of(10) {
-        m /= 10;
-    }
-    m == 1
-}
-
 tickfold_sdk::export!(BollingerPlugin);
 
 #[cfg(test)]
 mod tests {
+    use tickfold_reference::rng::Rng;
     use tickfold_reference::ta;
     use tickfold_sdk::testing::{Harness, Sample};
 
     use super::*;
-
-    /// splitmix64: seeded, so a failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
 
     type Rows = Vec<(&'static str, Millis, Vec<f64>)>;
 
@@ -188,10 +138,10 @@ mod tests {
         let (mut price, mut ts) = ([180.0, 420.0, 1.08], [1_700_000_000_000; 3]);
         let rows: Rows = (0..n)
             .map(|_| {
-                let k = (rng.next() % 3) as usize;
-                ts[k] += 1 + (rng.next() % 5_000) as Millis;
+                let k = (rng.next_u64() % 3) as usize;
+                ts[k] += 1 + (rng.next_u64() % 5_000) as Millis;
                 price[k] *= 1.0 + 0.004 * (rng.unit() - 0.5);
-                let x = match rng.next() % 500 {
+                let x = match rng.next_u64() % 500 {
                     0 => f64::NAN,
                     1 => f64::INFINITY,
                     2 => f64::NEG_INFINITY,
@@ -208,7 +158,7 @@ mod tests {
     fn feed(h: &mut Harness<BollingerPlugin>, rows: &[(&str, Millis, Vec<f64>)], seed: u64) -> Vec<Sample> {
         let (mut rng, mut out, mut rest) = (Rng(seed), Vec::new(), rows);
         while !rest.is_empty() {
-            let (batch, tail) = rest.split_at((1 + rng.next() as usize % 64).min(rest.len()));
+            let (batch, tail) = rest.split_at((1 + rng.next_u64() as usize % 64).min(rest.len()));
             out.extend(h.process(0, batch).unwrap());
             rest = tail;
         }

@@ -24,163 +24,39 @@
 //! Input: `input` with the one field named by `field`. Outputs: `ema_<p>`,
 //! one per period in the order given, each with the field `ema`.
 
-use tickfold_sdk::log;
-use tickfold_sdk::prelude::*;
-use tickfold_ta::{Ema, MAX_PERIOD};
+use tickfold_ta::{Ema, MultiPeriodPlugin, MultiPeriodSpec};
+
+/// What makes [`MultiPeriodPlugin`] the `ema` plugin.
+pub struct EmaSpec;
+
+impl MultiPeriodSpec for EmaSpec {
+    type Indicator = Ema;
+    const NAME: &'static str = "ema";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const DOC: &'static str = "Exponential moving averages of one field, per key, as TA-Lib computes them: `ema_<p>` uses \
+                 k = 2/(p+1), is seeded with the mean of the first p values (its first output, with the p-th \
+                 value) and then emitted once per input sample. Non-finite values are skipped.";
+    const DEFAULT_PERIODS: &'static str = "12,26";
+
+    fn output_doc(p: usize, field: &str) -> String {
+        format!("EMA over {p} values of `{field}`")
+    }
+}
 
 /// See the crate docs.
-pub struct EmaPlugin {
-    periods: Vec<usize>,
-    field: String,
-    skipped: u64,
-    restarted: u64,
-}
-
-impl StreamFunction for EmaPlugin {
-    /// One average per period, in the order of `periods`.
-    type State = Vec<Ema>;
-
-    fn info() -> Info {
-        Info::new("ema", env!("CARGO_PKG_VERSION"))
-            .doc(
-                "Exponential moving averages of one field, per key, as TA-Lib computes them: `ema_<p>` uses \
-                 k = 2/(p+1), is seeded with the mean of the first p values (its first output, with the p-th \
-                 value) and then emitted once per input sample. Non-finite values are skipped.",
-            )
-            .param("periods", Some("12,26"), "comma-separated distinct periods, each from 1 to 100000")
-            .param("field", Some("close"), "the input field to average")
-    }
-
-    fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
-        let periods = periods(params)?;
-        let field = field(params)?;
-        io.input("input", &[&field], "the values to average, per key");
-        for p in &periods {
-            io.output(&format!("ema_{p}"), &["ema"], &format!("EMA over {p} values of `{field}`"));
-        }
-        Ok(EmaPlugin { periods, field, skipped: 0, restarted: 0 })
-    }
-
-    fn process(
-        &mut self,
-        input: &Batch,
-        state: &mut KeyedState<Vec<Ema>>,
-        out: &mut Output,
-    ) -> Result<(), PluginError> {
-        for row in input.rows() {
-            let x = row.field(0);
-            if !x.is_finite() {
-                self.skipped += 1;
-                if sparse(self.skipped) {
-                    log::warn(&format!(
-                        "ema: skipped non-finite `{}` {x} of key `{}` at ts {}; {} skipped so far (logged at the \
-                         1st, 10th, 100th, ...)",
-                        self.field,
-                        state.name(row.key).unwrap_or("?"),
-                        row.ts,
-                        self.skipped
-                    ));
-                }
-                continue;
-            }
-            // Outputs are declared in the order of `periods`, so the index
-            // of an average is its output series.
-            for (series, ema) in self.averages(state, row.key).iter_mut().enumerate() {
-                if let Some(value) = ema.update(x) {
-                    out.emit(series, row.key, row.ts, &[value]);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl EmaPlugin {
-    /// The key's averages, one per configured period. State restored from a
-    /// snapshot taken with other periods keeps the periods that remain.
-    fn averages<'s>(&mut self, state: &'s mut KeyedState<Vec<Ema>>, key: KeyId) -> &'s mut Vec<Ema> {
-        let current = state.get(key).is_some_and(|s| s.iter().map(Ema::period).eq(self.periods.iter().copied()));
-        if !current {
-            let old = state.remove(key).unwrap_or_default();
-            if !old.is_empty() {
-                self.restarted += 1;
-                if sparse(self.restarted) {
-                    let old_periods: Vec<String> = old.iter().map(|s| s.period().to_string()).collect();
-                    log::warn(&format!(
-                        "ema: key `{}` was saved with periods {}, now {}; new periods start their warm-up \
-                         ({} keys so far)",
-                        state.name(key).unwrap_or("?"),
-                        old_periods.join(","),
-                        self.periods.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
-                        self.restarted
-                    ));
-                }
-            }
-            *state.get_mut(key) = self
-                .periods
-                .iter()
-                .map(|&p| old.iter().find(|s| s.period() == p).cloned().unwrap_or_else(|| Ema::new(p)))
-                .collect();
-        }
-        state.get_mut(key)
-    }
-}
-
-fn periods(params: &Params) -> Result<Vec<usize>, PluginError> {
-    let raw = params.raw("periods");
-    let expected = format!("a comma-separated list of distinct whole numbers from 1 to {MAX_PERIOD}, such as 12,26");
-    let periods: Vec<usize> = params.list("periods").map_err(|_| params.bad("periods", raw, &expected))?;
-    if periods.is_empty() || periods.iter().any(|&p| p == 0 || p > MAX_PERIOD) {
-        return Err(params.bad("periods", raw, &expected));
-    }
-    if let Some((_, p)) = periods.iter().enumerate().find(|&(i, p)| periods[..i].contains(p)) {
-        return Err(params.bad("periods", raw, &format!("a list without repeats ({p} appears twice)")));
-    }
-    Ok(periods)
-}
-
-fn field(params: &Params) -> Result<String, PluginError> {
-    let raw = params.raw("field");
-    match raw.trim() {
-        "" => Err(params.bad("field", raw, "the name of an input field, such as close")),
-        name => Ok(name.to_string()),
-    }
-}
-
-/// True for 1, 10, 100, ...: how often a repeated problem is logged.
-fn sparse(n: u64) -> bool {
-    let mut m = n;
-    while m >= 10 && m.is_multiple_of(10) {
-        m /= 10;
-    }
-    m == 1
-}
+pub type EmaPlugin = MultiPeriodPlugin<EmaSpec>;
 
 tickfold_sdk::export!(EmaPlugin);
 
 #[cfg(test)]
 mod tests {
+    use tickfold_reference::rng::Rng;
     use tickfold_reference::ta;
     use tickfold_sdk::testing::{Harness, Sample};
 
+    use tickfold_sdk::prelude::*;
+
     use super::*;
-
-    /// splitmix64: seeded, so a failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
 
     type Rows = Vec<(&'static str, Millis, Vec<f64>)>;
 
@@ -193,10 +69,10 @@ mod tests {
         let (mut price, mut ts) = ([180.0, 420.0, 1.08], [1_700_000_000_000; 3]);
         let rows: Rows = (0..n)
             .map(|_| {
-                let k = (rng.next() % 3) as usize;
-                ts[k] += 1 + (rng.next() % 5_000) as Millis;
+                let k = (rng.next_u64() % 3) as usize;
+                ts[k] += 1 + (rng.next_u64() % 5_000) as Millis;
                 price[k] *= 1.0 + 0.004 * (rng.unit() - 0.5);
-                let x = match rng.next() % 500 {
+                let x = match rng.next_u64() % 500 {
                     0 => f64::NAN,
                     1 => f64::INFINITY,
                     2 => f64::NEG_INFINITY,
@@ -213,7 +89,7 @@ mod tests {
     fn feed(h: &mut Harness<EmaPlugin>, rows: &[(&str, Millis, Vec<f64>)], seed: u64) -> Vec<Sample> {
         let (mut rng, mut out, mut rest) = (Rng(seed), Vec::new(), rows);
         while !rest.is_empty() {
-            let (batch, tail) = rest.split_at((1 + rng.next() as usize % 64).min(rest.len()));
+            let (batch, tail) = rest.split_at((1 + rng.next_u64() as usize % 64).min(rest.len()));
             out.extend(h.process(0, batch).unwrap());
             rest = tail;
         }
@@ -352,7 +228,7 @@ mod tests {
 
     #[test]
     fn sparse_logging_is_at_powers_of_ten() {
-        let logged: Vec<u64> = (1..=2_000).filter(|&n| sparse(n)).collect();
+        let logged: Vec<u64> = (1..=2_000).filter(|&n| tickfold_sdk::log::is_sparse(n)).collect();
         assert_eq!(logged, [1, 10, 100, 1_000]);
     }
 }

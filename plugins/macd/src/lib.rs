@@ -36,7 +36,7 @@
 //! Input: `input` with the one field named by `field`. Output: `macd` with
 //! the fields `macd`, `signal`, `hist`.
 
-use tickfold_sdk::log;
+use tickfold_sdk::log::{self, Occurrences};
 use tickfold_sdk::prelude::*;
 use tickfold_ta::{MAX_PERIOD, Macd, MacdVariant};
 
@@ -47,8 +47,8 @@ pub struct MacdPlugin {
     signal: usize,
     variant: MacdVariant,
     field: String,
-    skipped: u64,
-    restarted: u64,
+    skipped: Occurrences,
+    restarted: Occurrences,
 }
 
 impl StreamFunction for MacdPlugin {
@@ -70,9 +70,9 @@ impl StreamFunction for MacdPlugin {
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
-        let fast = period(params, "fast", 2)?;
-        let slow = period(params, "slow", 2)?;
-        let signal = period(params, "signal", 1)?;
+        let fast = params.usize_in("fast", 2..=MAX_PERIOD)?;
+        let slow = params.usize_in("slow", 2..=MAX_PERIOD)?;
+        let signal = params.usize_in("signal", 1..=MAX_PERIOD)?;
         if fast >= slow {
             return Err(params.bad("fast", params.raw("fast"), &format!("less than `slow` ({slow})")));
         }
@@ -82,10 +82,18 @@ impl StreamFunction for MacdPlugin {
             v if v.eq_ignore_ascii_case("talib") => MacdVariant::TaLib,
             _ => return Err(params.bad("variant", raw, "`standard` or `talib`")),
         };
-        let field = field(params)?;
+        let field = params.field_name("field")?;
         io.input("input", &[&field], "the values to measure, per key");
         io.output("macd", &["macd", "signal", "hist"], &format!("MACD({fast},{slow},{signal}) of `{field}`"));
-        Ok(MacdPlugin { fast, slow, signal, variant, field, skipped: 0, restarted: 0 })
+        Ok(MacdPlugin {
+            fast,
+            slow,
+            signal,
+            variant,
+            field,
+            skipped: Occurrences::default(),
+            restarted: Occurrences::default(),
+        })
     }
 
     fn process(
@@ -97,16 +105,8 @@ impl StreamFunction for MacdPlugin {
         for row in input.rows() {
             let x = row.field(0);
             if !x.is_finite() {
-                self.skipped += 1;
-                if sparse(self.skipped) {
-                    log::warn(&format!(
-                        "macd: skipped non-finite `{}` {x} of key `{}` at ts {}; {} skipped so far (logged at the \
-                         1st, 10th, 100th, ...)",
-                        self.field,
-                        state.name(row.key).unwrap_or("?"),
-                        row.ts,
-                        self.skipped
-                    ));
+                if let Some(n) = self.skipped.count() {
+                    log::skipped_non_finite("macd", &self.field, x, state.name(row.key).unwrap_or("?"), row.ts, n);
                 }
                 continue;
             }
@@ -126,14 +126,13 @@ impl MacdPlugin {
         if let Some(Some(saved)) = state.get(key)
             && settings(saved) != wanted
         {
-            self.restarted += 1;
-            if sparse(self.restarted) {
+            if let Some(restarted) = self.restarted.count() {
                 log::warn(&format!(
                     "macd: key `{}` was saved with (fast, slow, signal, variant) {:?}, now {wanted:?}; its \
                      warm-up starts again ({} keys so far)",
                     state.name(key).unwrap_or("?"),
                     settings(saved),
-                    self.restarted
+                    restarted
                 ));
             }
             state.remove(key);
@@ -142,56 +141,15 @@ impl MacdPlugin {
     }
 }
 
-fn period(params: &Params, name: &str, min: usize) -> Result<usize, PluginError> {
-    let raw = params.raw(name);
-    match raw.trim().parse::<usize>() {
-        Ok(p) if (min..=MAX_PERIOD).contains(&p) => Ok(p),
-        _ => Err(params.bad(name, raw, &format!("a whole number from {min} to {MAX_PERIOD}"))),
-    }
-}
-
-fn field(params: &Params) -> Result<String, PluginError> {
-    let raw = params.raw("field");
-    match raw.trim() {
-        "" => Err(params.bad("field", raw, "the name of an input field, such as close")),
-        name => Ok(name.to_string()),
-    }
-}
-
-/// True for 1, 10, 100, ...: how often a repeated problem is logged.
-fn sparse(n: u64) -> bool {
-    let mut m = n;
-    while m >= 10 && m.is_multiple_of(10) {
-        m /= 10;
-    }
-    m == 1
-}
-
 tickfold_sdk::export!(MacdPlugin);
 
 #[cfg(test)]
 mod tests {
+    use tickfold_reference::rng::Rng;
     use tickfold_reference::ta;
     use tickfold_sdk::testing::{Harness, Sample};
 
     use super::*;
-
-    /// splitmix64: seeded, so a failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
 
     type Rows = Vec<(&'static str, Millis, Vec<f64>)>;
 
@@ -204,10 +162,10 @@ mod tests {
         let (mut price, mut ts) = ([180.0, 420.0, 1.08], [1_700_000_000_000; 3]);
         let rows: Rows = (0..n)
             .map(|_| {
-                let k = (rng.next() % 3) as usize;
-                ts[k] += 1 + (rng.next() % 5_000) as Millis;
+                let k = (rng.next_u64() % 3) as usize;
+                ts[k] += 1 + (rng.next_u64() % 5_000) as Millis;
                 price[k] *= 1.0 + 0.004 * (rng.unit() - 0.5);
-                let x = match rng.next() % 500 {
+                let x = match rng.next_u64() % 500 {
                     0 => f64::NAN,
                     1 => f64::INFINITY,
                     2 => f64::NEG_INFINITY,
@@ -224,7 +182,7 @@ mod tests {
     fn feed(h: &mut Harness<MacdPlugin>, rows: &[(&str, Millis, Vec<f64>)], seed: u64) -> Vec<Sample> {
         let (mut rng, mut out, mut rest) = (Rng(seed), Vec::new(), rows);
         while !rest.is_empty() {
-            let (batch, tail) = rest.split_at((1 + rng.next() as usize % 64).min(rest.len()));
+            let (batch, tail) = rest.split_at((1 + rng.next_u64() as usize % 64).min(rest.len()));
             out.extend(h.process(0, batch).unwrap());
             rest = tail;
         }

@@ -33,7 +33,7 @@
 //! host names them) are folded in through `KeyedState::take_restored`.
 
 use serde::{Deserialize, Serialize};
-use tickfold_sdk::log;
+use tickfold_sdk::log::{self, Occurrences};
 use tickfold_sdk::prelude::*;
 use tickfold_ta::Sum;
 
@@ -48,8 +48,8 @@ pub struct Ohlcv {
     /// No open window of any key closes before this watermark. `MIN` means
     /// unknown (a fresh or restored instance), forcing one full scan.
     earliest_close: Millis,
-    late: u64,
-    invalid: u64,
+    late: Occurrences,
+    invalid: Occurrences,
     scans: u64,
 }
 
@@ -57,13 +57,13 @@ impl Ohlcv {
     /// Trades skipped because their window had closed, since this instance
     /// opened (or was restored).
     pub fn late_trades(&self) -> u64 {
-        self.late
+        self.late.total()
     }
 
     /// Trades skipped for a non-finite or negative value (or an unusable
     /// event time), since this instance opened (or was restored).
     pub fn invalid_trades(&self) -> u64 {
-        self.invalid
+        self.invalid.total()
     }
 
     /// How many watermarks visited every key (the others closed nothing
@@ -117,17 +117,6 @@ impl BarState {
     }
 }
 
-/// Logs on the 1st, 10th, 100th, ... occurrence.
-fn log_sometimes(count: u64, message: impl FnOnce() -> String) {
-    let mut n = count;
-    while n >= 10 && n.is_multiple_of(10) {
-        n /= 10;
-    }
-    if n == 1 {
-        log::warn(&message());
-    }
-}
-
 impl StreamFunction for Ohlcv {
     type State = Windows<BarState>;
 
@@ -166,8 +155,8 @@ impl StreamFunction for Ohlcv {
             max_ts: Millis::MAX - reach - 1,
             bars,
             earliest_close: Millis::MIN,
-            late: 0,
-            invalid: 0,
+            late: Occurrences::default(),
+            invalid: Occurrences::default(),
             scans: 0,
         })
     }
@@ -183,15 +172,14 @@ impl StreamFunction for Ohlcv {
             let (price, size) = (row.field(0), row.field(1));
             let usable_ts = (self.min_ts..=self.max_ts).contains(&row.ts);
             if !(price.is_finite() && size.is_finite() && size >= 0.0 && usable_ts) {
-                self.invalid += 1;
-                log_sometimes(self.invalid, || {
-                    format!(
+                if let Some(n) = self.invalid.count() {
+                    log::warn(&format!(
                         "ohlcv: skipped an invalid trade of `{}` at {} (price {price}, size {size}); {} so far",
                         state.name(row.key).unwrap_or("?"),
                         row.ts,
-                        self.invalid
-                    )
-                });
+                        n
+                    ));
+                }
                 continue;
             }
             let windows = state.get_mut(row.key);
@@ -204,16 +192,15 @@ impl StreamFunction for Ohlcv {
                     }
                 }
                 Placed::Late | Placed::PartlyLate => {
-                    self.late += 1;
-                    log_sometimes(self.late, || {
-                        format!(
+                    if let Some(n) = self.late.count() {
+                        log::warn(&format!(
                             "ohlcv: skipped a late trade of `{}` at {}: its window had closed (watermark {}); {} so far",
                             state.name(row.key).unwrap_or("?"),
                             row.ts,
                             watermark,
-                            self.late
-                        )
-                    });
+                            n
+                        ));
+                    }
                 }
             }
         }

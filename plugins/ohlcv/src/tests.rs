@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use tickfold_reference::market::{self, Trade};
+use tickfold_reference::rng::Rng;
 use tickfold_sdk::testing::{Harness, Sample};
 
 use super::Ohlcv;
@@ -11,32 +12,6 @@ const KEYS: [&str; 3] = ["AAPL", "MSFT", "BTC-USD"];
 const MINUTE: i64 = 60_000;
 /// A Monday, 2023-11-13 00:00 UTC, so windows line up with real minutes.
 const T0: i64 = 1_699_833_600_000;
-
-/// splitmix64: a tiny seeded generator, so the data is the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-}
 
 /// Trades of several keys interleaved: gaps of several windows, ties in
 /// time, zero sizes, out-of-order trades within `lateness + lag` (never

@@ -29,7 +29,7 @@
 //! Input: `input` with the one field named by `field`. Output: `rsi` with
 //! the field `rsi`, from 0 to 100.
 
-use tickfold_sdk::log;
+use tickfold_sdk::log::{self, Occurrences};
 use tickfold_sdk::prelude::*;
 use tickfold_ta::{MAX_PERIOD, Rsi};
 
@@ -37,8 +37,8 @@ use tickfold_ta::{MAX_PERIOD, Rsi};
 pub struct RsiPlugin {
     period: usize,
     field: String,
-    skipped: u64,
-    restarted: u64,
+    skipped: Occurrences,
+    restarted: Occurrences,
 }
 
 impl StreamFunction for RsiPlugin {
@@ -56,11 +56,11 @@ impl StreamFunction for RsiPlugin {
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
-        let period = period(params, "period", 2)?;
-        let field = field(params)?;
+        let period = params.usize_in("period", 2..=MAX_PERIOD)?;
+        let field = params.field_name("field")?;
         io.input("input", &[&field], "the values to measure, per key");
         io.output("rsi", &["rsi"], &format!("RSI({period}) of `{field}`, from 0 to 100"));
-        Ok(RsiPlugin { period, field, skipped: 0, restarted: 0 })
+        Ok(RsiPlugin { period, field, skipped: Occurrences::default(), restarted: Occurrences::default() })
     }
 
     fn process(
@@ -72,16 +72,8 @@ impl StreamFunction for RsiPlugin {
         for row in input.rows() {
             let x = row.field(0);
             if !x.is_finite() {
-                self.skipped += 1;
-                if sparse(self.skipped) {
-                    log::warn(&format!(
-                        "rsi: skipped non-finite `{}` {x} of key `{}` at ts {}; {} skipped so far (logged at the \
-                         1st, 10th, 100th, ...)",
-                        self.field,
-                        state.name(row.key).unwrap_or("?"),
-                        row.ts,
-                        self.skipped
-                    ));
+                if let Some(n) = self.skipped.count() {
+                    log::skipped_non_finite("rsi", &self.field, x, state.name(row.key).unwrap_or("?"), row.ts, n);
                 }
                 continue;
             }
@@ -99,14 +91,13 @@ impl RsiPlugin {
         if let Some(Some(saved)) = state.get(key)
             && saved.period() != self.period
         {
-            self.restarted += 1;
-            if sparse(self.restarted) {
+            if let Some(restarted) = self.restarted.count() {
                 log::warn(&format!(
                     "rsi: key `{}` was saved with period {}, now {}; its warm-up starts again ({} keys so far)",
                     state.name(key).unwrap_or("?"),
                     saved.period(),
                     self.period,
-                    self.restarted
+                    restarted
                 ));
             }
             state.remove(key);
@@ -116,56 +107,15 @@ impl RsiPlugin {
     }
 }
 
-fn period(params: &Params, name: &str, min: usize) -> Result<usize, PluginError> {
-    let raw = params.raw(name);
-    match raw.trim().parse::<usize>() {
-        Ok(p) if (min..=MAX_PERIOD).contains(&p) => Ok(p),
-        _ => Err(params.bad(name, raw, &format!("a whole number from {min} to {MAX_PERIOD}"))),
-    }
-}
-
-fn field(params: &Params) -> Result<String, PluginError> {
-    let raw = params.raw("field");
-    match raw.trim() {
-        "" => Err(params.bad("field", raw, "the name of an input field, such as close")),
-        name => Ok(name.to_string()),
-    }
-}
-
-/// True for 1, 10, 100, ...: how often a repeated problem is logged.
-fn sparse(n: u64) -> bool {
-    let mut m = n;
-    while m >= 10 && m.is_multiple_of(10) {
-        m /= 10;
-    }
-    m == 1
-}
-
 tickfold_sdk::export!(RsiPlugin);
 
 #[cfg(test)]
 mod tests {
+    use tickfold_reference::rng::Rng;
     use tickfold_reference::ta;
     use tickfold_sdk::testing::{Harness, Sample};
 
     use super::*;
-
-    /// splitmix64: seeded, so a failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
 
     type Rows = Vec<(&'static str, Millis, Vec<f64>)>;
 
@@ -178,10 +128,10 @@ mod tests {
         let (mut price, mut ts) = ([180.0, 420.0, 1.08], [1_700_000_000_000; 3]);
         let rows: Rows = (0..n)
             .map(|_| {
-                let k = (rng.next() % 3) as usize;
-                ts[k] += 1 + (rng.next() % 5_000) as Millis;
+                let k = (rng.next_u64() % 3) as usize;
+                ts[k] += 1 + (rng.next_u64() % 5_000) as Millis;
                 price[k] *= 1.0 + 0.004 * (rng.unit() - 0.5);
-                let x = match rng.next() % 500 {
+                let x = match rng.next_u64() % 500 {
                     0 => f64::NAN,
                     1 => f64::INFINITY,
                     2 => f64::NEG_INFINITY,
@@ -198,7 +148,7 @@ mod tests {
     fn feed(h: &mut Harness<RsiPlugin>, rows: &[(&str, Millis, Vec<f64>)], seed: u64) -> Vec<Sample> {
         let (mut rng, mut out, mut rest) = (Rng(seed), Vec::new(), rows);
         while !rest.is_empty() {
-            let (batch, tail) = rest.split_at((1 + rng.next() as usize % 64).min(rest.len()));
+            let (batch, tail) = rest.split_at((1 + rng.next_u64() as usize % 64).min(rest.len()));
             out.extend(h.process(0, batch).unwrap());
             rest = tail;
         }

@@ -173,6 +173,51 @@ impl Params {
         raw.split(',').map(|s| s.trim().parse().map_err(|_| self.bad(name, raw, &expected))).collect()
     }
 
+    /// Parses a whole number and checks it lies in `range`, with the same
+    /// message as [`Params::int_in`].
+    pub fn usize_in(&self, name: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, PluginError> {
+        let raw = self.raw(name);
+        match raw.trim().parse::<usize>() {
+            Ok(v) if range.contains(&v) => Ok(v),
+            _ => Err(self.bad(name, raw, &format!("a whole number from {} to {}", range.start(), range.end()))),
+        }
+    }
+
+    /// Parses a non-empty comma-separated list of distinct whole numbers,
+    /// each in `range`, such as `periods=5,15,30`; `example` is shown in the
+    /// message for a bad one.
+    pub fn distinct_list_in(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<usize>,
+        example: &str,
+    ) -> Result<Vec<usize>, PluginError> {
+        let raw = self.raw(name);
+        let expected = format!(
+            "a comma-separated list of distinct whole numbers from {} to {}, such as {example}",
+            range.start(),
+            range.end()
+        );
+        let values: Vec<usize> = self.list(name).map_err(|_| self.bad(name, raw, &expected))?;
+        if values.is_empty() || values.iter().any(|v| !range.contains(v)) {
+            return Err(self.bad(name, raw, &expected));
+        }
+        if let Some((_, v)) = values.iter().enumerate().find(|&(i, v)| values[..i].contains(v)) {
+            return Err(self.bad(name, raw, &format!("a list without repeats ({v} appears twice)")));
+        }
+        Ok(values)
+    }
+
+    /// Parses the name of an input field (surrounding spaces trimmed; empty
+    /// is refused).
+    pub fn field_name(&self, name: &str) -> Result<String, PluginError> {
+        let raw = self.raw(name);
+        match raw.trim() {
+            "" => Err(self.bad(name, raw, "the name of an input field, such as close")),
+            field => Ok(field.to_string()),
+        }
+    }
+
     /// Parses a duration in milliseconds: `250ms`, `30s`, `5m`, `1h`, `1d`,
     /// or a bare number of milliseconds.
     pub fn duration_ms(&self, name: &str) -> Result<i64, PluginError> {
@@ -282,6 +327,37 @@ mod tests {
         assert!(err.contains("must be a duration") && err.contains("`soon`"), "{err}");
         let err = params.get::<u32>("period").unwrap_err().message().to_string();
         assert!(err.contains("must be a whole number, 0 or more, got `x`"), "{err}");
+    }
+
+    #[test]
+    fn distinct_lists_fields_and_bounded_numbers() {
+        let info = Info::new("d", "1").param("periods", Some("5,15,30"), "").param("field", Some("close"), "").param(
+            "period",
+            Some("14"),
+            "",
+        );
+        let params = Params::check(&info, &[p("field", " px ")]).unwrap();
+        assert_eq!(params.distinct_list_in("periods", 1..=100, "5,15").unwrap(), [5, 15, 30]);
+        assert_eq!(params.field_name("field").unwrap(), "px");
+        assert_eq!(params.usize_in("period", 2..=20).unwrap(), 14);
+        for bad in ["", "5,0", "5,x", "101", "-3", "5,,15"] {
+            let params = Params::check(&info, &[p("periods", bad)]).unwrap();
+            let err = params.distinct_list_in("periods", 1..=100, "5,15").unwrap_err().message().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "d: parameter `periods` must be a comma-separated list of distinct whole numbers from 1 to 100, \
+                     such as 5,15, got `{bad}`"
+                )
+            );
+        }
+        let params = Params::check(&info, &[p("periods", "5,15,5"), p("field", " "), p("period", "1")]).unwrap();
+        let err = params.distinct_list_in("periods", 1..=100, "5,15").unwrap_err().message().to_string();
+        assert!(err.contains("must be a list without repeats (5 appears twice), got `5,15,5`"), "{err}");
+        let err = params.field_name("field").unwrap_err().message().to_string();
+        assert!(err.contains("`field` must be the name of an input field, such as close, got ` `"), "{err}");
+        let err = params.usize_in("period", 2..=20).unwrap_err().message().to_string();
+        assert!(err.contains("`period` must be a whole number from 2 to 20, got `1`"), "{err}");
     }
 
     #[test]

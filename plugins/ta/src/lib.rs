@@ -20,6 +20,9 @@
 //! not validated beyond the constructors' panics; plugins check parameters
 //! and report bad ones.
 //!
+//! [`MultiPeriodPlugin`] runs one [`PeriodIndicator`] ([`Sma`], [`Ema`]) per
+//! period per key: it is the whole of the `sma` and `ema` plugins.
+//!
 //! Numerics: running sums use Neumaier's compensated summation ([`Sum`]),
 //! and rolling sums are recomputed from the stored window every `period`
 //! updates, so error stays at a few ulps over unbounded runs and at any
@@ -29,6 +32,7 @@
 mod bollinger;
 mod ema;
 mod macd;
+pub mod multi;
 mod rsi;
 mod sma;
 pub mod sum;
@@ -40,6 +44,7 @@ mod tests;
 pub use bollinger::{Bands, Bollinger};
 pub use ema::Ema;
 pub use macd::{Macd, MacdOutput, MacdVariant};
+pub use multi::{MultiPeriodPlugin, MultiPeriodSpec, PeriodIndicator};
 pub use rsi::Rsi;
 pub use sma::Sma;
 pub use sum::Sum;

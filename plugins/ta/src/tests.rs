@@ -3,25 +3,9 @@
 
 use std::collections::VecDeque;
 
+use tickfold_reference::rng::Rng;
+
 use crate::*;
-
-/// splitmix64, so every run sees the same data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn signed(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
 
 /// A multiplicative random walk from `start`, steps of up to `step` relative.
 fn walk(seed: u64, n: usize, start: f64, step: f64) -> Vec<f64> {

@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use tickfold_sdk::log;
+use tickfold_sdk::log::{self, Occurrences};
 use tickfold_sdk::prelude::*;
 use tickfold_ta::Sum;
 
@@ -45,21 +45,21 @@ pub struct Vwap {
     session_start: Millis,
     window: Millis,
     out: usize,
-    late: u64,
-    invalid: u64,
+    late: Occurrences,
+    invalid: Occurrences,
 }
 
 impl Vwap {
     /// Trades skipped because they belong to an earlier session than their
     /// key's current one, since this instance opened (or was restored).
     pub fn late_trades(&self) -> u64 {
-        self.late
+        self.late.total()
     }
 
     /// Trades skipped for a size <= 0 or a non-finite value, since this
     /// instance opened (or was restored).
     pub fn invalid_trades(&self) -> u64 {
-        self.invalid
+        self.invalid.total()
     }
 }
 
@@ -117,17 +117,6 @@ impl KeyVwap {
     }
 }
 
-/// Logs on the 1st, 10th, 100th, ... occurrence.
-fn log_sometimes(count: u64, message: impl FnOnce() -> String) {
-    let mut n = count;
-    while n >= 10 && n.is_multiple_of(10) {
-        n /= 10;
-    }
-    if n == 1 {
-        log::warn(&message());
-    }
-}
-
 impl StreamFunction for Vwap {
     type State = KeyVwap;
 
@@ -156,7 +145,7 @@ impl StreamFunction for Vwap {
             &["vwap", "volume", "rolling_vwap", "rolling_volume"],
             "per accepted trade: session VWAP and volume, rolling VWAP and volume",
         );
-        Ok(Vwap { session_start, window, out, late: 0, invalid: 0 })
+        Ok(Vwap { session_start, window, out, late: Occurrences::default(), invalid: Occurrences::default() })
     }
 
     fn process(
@@ -168,31 +157,29 @@ impl StreamFunction for Vwap {
         for row in input.rows() {
             let (price, size) = (row.field(0), row.field(1));
             if !(price.is_finite() && size.is_finite() && size > 0.0) {
-                self.invalid += 1;
-                log_sometimes(self.invalid, || {
-                    format!(
+                if let Some(n) = self.invalid.count() {
+                    log::warn(&format!(
                         "vwap: skipped an invalid trade of `{}` at {} (price {price}, size {size}); {} so far",
                         state.name(row.key).unwrap_or("?"),
                         row.ts,
-                        self.invalid
-                    )
-                });
+                        n
+                    ));
+                }
                 continue;
             }
             let session = row.ts.saturating_sub(self.session_start).div_euclid(DAY_MS);
             let key = state.get_mut(row.key);
             match key.session {
                 Some(current) if session < current => {
-                    self.late += 1;
-                    log_sometimes(self.late, || {
-                        format!(
+                    if let Some(n) = self.late.count() {
+                        log::warn(&format!(
                             "vwap: skipped a late trade of `{}` at {}: its session ended before the current one; \
                              {} so far",
                             state.name(row.key).unwrap_or("?"),
                             row.ts,
-                            self.late
-                        )
-                    });
+                            n
+                        ));
+                    }
                     continue;
                 }
                 Some(current) if session == current => {}
