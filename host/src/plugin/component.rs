@@ -132,16 +132,16 @@ impl LoadedPlugin {
 
     /// Opens an instance with `params`.
     pub fn open(&self, params: &[Param]) -> Result<PluginInstance, Error> {
-        PluginInstance::open(self.new_store()?, &self.pre, self.label(), &self.limits, params, None)
+        PluginInstance::open(self.new_store(), &self.pre, self.label(), &self.limits, params, None)
     }
 
     /// Opens an instance from a snapshot.
     pub fn restore(&self, params: &[Param], snapshot: &Snapshot) -> Result<PluginInstance, Error> {
-        PluginInstance::open(self.new_store()?, &self.pre, self.label(), &self.limits, params, Some(snapshot))
+        PluginInstance::open(self.new_store(), &self.pre, self.label(), &self.limits, params, Some(snapshot))
     }
 
-    fn new_store(&self) -> Result<Store<Sandbox>, Error> {
-        Ok(new_store(self.pre.engine(), &self.descriptor.name, &self.limits))
+    fn new_store(&self) -> Store<Sandbox> {
+        new_store(self.pre.engine(), &self.descriptor.name, &self.limits)
     }
 }
 

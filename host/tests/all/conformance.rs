@@ -46,18 +46,7 @@ pub fn drive(
     let mut keys = KeyTable::default();
     let mut out = Vec::new();
     let mut max_ts = i64::MIN;
-    let collect = |batches: Vec<Batch>, keys: &KeyTable, out: &mut Vec<Out>| {
-        for b in batches {
-            for i in 0..b.len() {
-                out.push(Out {
-                    series: names[b.series as usize].clone(),
-                    key: keys.name(b.keys[i]).to_string(),
-                    ts: b.ts[i],
-                    values: b.fields.iter().map(|c| c[i]).collect(),
-                });
-            }
-        }
-    };
+    let collect = |batches: Vec<Batch>, keys: &KeyTable, out: &mut Vec<Out>| out.extend(outs(batches, &names, keys));
     for part in rows.chunks(chunk) {
         let mut batch = Batch::empty(0, fields);
         for (key, ts, values) in part {
@@ -77,6 +66,22 @@ pub fn drive(
         }
     }
     collect(inst.on_watermark(i64::MAX).expect("final watermark"), &keys, &mut out);
+    out
+}
+
+/// Output batches as named samples; `names` are the output series' names.
+fn outs(batches: Vec<Batch>, names: &[String], keys: &KeyTable) -> Vec<Out> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.len() {
+            out.push(Out {
+                series: names[b.series as usize].clone(),
+                key: keys.name(b.keys[i]).to_string(),
+                ts: b.ts[i],
+                values: b.fields.iter().map(|c| c[i]).collect(),
+            });
+        }
+    }
     out
 }
 
@@ -281,16 +286,7 @@ fn snapshot_restore_continue_equals_an_uninterrupted_run() {
                 }
                 let mut produced = inst.process(&[batch], keys).unwrap();
                 produced.extend(inst.on_watermark(max_ts.saturating_sub(5_000)).unwrap());
-                for b in produced {
-                    for i in 0..b.len() {
-                        got.push(Out {
-                            series: names[b.series as usize].clone(),
-                            key: keys.name(b.keys[i]).into(),
-                            ts: b.ts[i],
-                            values: b.fields.iter().map(|c| c[i]).collect(),
-                        });
-                    }
-                }
+                got.extend(outs(produced, &names, keys));
             }
         };
         feed(&mut a, &mut keys, first, &mut got);
@@ -302,16 +298,7 @@ fn snapshot_restore_continue_equals_an_uninterrupted_run() {
             keys_b.intern(s);
         }
         feed(&mut b, &mut keys_b, second, &mut got);
-        for b in b.on_watermark(i64::MAX).unwrap() {
-            for i in 0..b.len() {
-                got.push(Out {
-                    series: names[b.series as usize].clone(),
-                    key: keys_b.name(b.keys[i]).into(),
-                    ts: b.ts[i],
-                    values: b.fields.iter().map(|c| c[i]).collect(),
-                });
-            }
-        }
+        got.extend(outs(b.on_watermark(i64::MAX).unwrap(), &names, &keys_b));
         // Bit for bit, not within a tolerance.
         let mut g = got.clone();
         let mut w = whole.clone();
