@@ -11,6 +11,9 @@
 //! plugin crate through the SDK's `Instance` (parameter checks, batch
 //! validation, per-key state, outputs), so the difference is the sandbox.
 //! Each figure is the median of 5 runs, each on a fresh instance.
+//!
+//! An argument runs only the rows whose name contains it:
+//! `cargo bench -p tickfold --bench plugin_overhead -- crossing`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -124,6 +127,8 @@ fn native_ns<P: StreamFunction>(params: &[(&str, &str)], d: &Data, batch: usize)
 }
 
 struct Case {
+    /// The row's name.
+    label: &'static str,
     crate_name: &'static str,
     params: &'static [(&'static str, &'static str)],
     fields: &'static [&'static str],
@@ -134,14 +139,42 @@ fn cases() -> Vec<Case> {
     const TRADES: &[&str] = &["price", "size"];
     const CLOSE: &[&str] = &["close"];
     vec![
-        Case { crate_name: "ohlcv", params: &[], fields: TRADES, native: native_ns::<ohlcv::Ohlcv> },
-        Case { crate_name: "vwap", params: &[], fields: TRADES, native: native_ns::<vwap::Vwap> },
-        Case { crate_name: "sma", params: &[], fields: CLOSE, native: native_ns::<sma::SmaPlugin> },
-        Case { crate_name: "ema", params: &[], fields: CLOSE, native: native_ns::<ema::EmaPlugin> },
-        Case { crate_name: "rsi", params: &[], fields: CLOSE, native: native_ns::<rsi::RsiPlugin> },
-        Case { crate_name: "macd", params: &[], fields: CLOSE, native: native_ns::<macd::MacdPlugin> },
-        Case { crate_name: "bollinger", params: &[], fields: CLOSE, native: native_ns::<bollinger::BollingerPlugin> },
-        Case { crate_name: "anomaly", params: &[], fields: CLOSE, native: native_ns::<anomaly::Anomaly> },
+        // The crossing alone: a plugin that consumes a batch and emits
+        // nothing, and one that copies it back out with a count per key.
+        Case {
+            label: "crossing: 1 field in, nothing out",
+            crate_name: "tickfold_test_fixtures",
+            params: &[("mode", "sink")],
+            fields: &["value"],
+            native: native_ns::<tickfold_test_fixtures::Misbehave>,
+        },
+        Case {
+            label: "crossing: 1 field in, 2 out",
+            crate_name: "tickfold_test_fixtures",
+            params: &[("mode", "echo")],
+            fields: &["value"],
+            native: native_ns::<tickfold_test_fixtures::Misbehave>,
+        },
+        Case { label: "ohlcv", crate_name: "ohlcv", params: &[], fields: TRADES, native: native_ns::<ohlcv::Ohlcv> },
+        Case { label: "vwap", crate_name: "vwap", params: &[], fields: TRADES, native: native_ns::<vwap::Vwap> },
+        Case { label: "sma", crate_name: "sma", params: &[], fields: CLOSE, native: native_ns::<sma::SmaPlugin> },
+        Case { label: "ema", crate_name: "ema", params: &[], fields: CLOSE, native: native_ns::<ema::EmaPlugin> },
+        Case { label: "rsi", crate_name: "rsi", params: &[], fields: CLOSE, native: native_ns::<rsi::RsiPlugin> },
+        Case { label: "macd", crate_name: "macd", params: &[], fields: CLOSE, native: native_ns::<macd::MacdPlugin> },
+        Case {
+            label: "bollinger",
+            crate_name: "bollinger",
+            params: &[],
+            fields: CLOSE,
+            native: native_ns::<bollinger::BollingerPlugin>,
+        },
+        Case {
+            label: "anomaly",
+            crate_name: "anomaly",
+            params: &[],
+            fields: CLOSE,
+            native: native_ns::<anomaly::Anomaly>,
+        },
     ]
 }
 
@@ -159,8 +192,9 @@ fn main() {
     println!();
     println!("| plugin | batch | native ns/sample | wasm ns/sample | wasm / native |");
     println!("| --- | ---: | ---: | ---: | ---: |");
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     let mut sweep = Vec::new();
-    for case in cases() {
+    for case in cases().into_iter().filter(|c| c.label.contains(filter.as_str())) {
         let plugin = runtime.load_file(&dir.join(format!("{}.wasm", case.crate_name))).expect("plugin loads");
         let d = data(case.fields);
         let batches: &[usize] =
@@ -168,7 +202,7 @@ fn main() {
         for &batch in batches {
             let native = (case.native)(case.params, &d, batch);
             let wasm = wasm_ns(&plugin, case.params, &d, batch);
-            let row = format!("| {} | {batch} | {native:.1} | {wasm:.1} | {:.2} |", case.crate_name, wasm / native);
+            let row = format!("| {} | {batch} | {native:.1} | {wasm:.1} | {:.2} |", case.label, wasm / native);
             if batch == 1024 {
                 println!("{row}");
             } else {

@@ -3,7 +3,8 @@
 //! Its `mode` parameter picks what `process` does: `echo` (behave: emit
 //! each sample), `trap` (panic, which is a WebAssembly trap), `loop` (never
 //! return), `grow` (allocate without bound), `error` (return an error
-//! value), `log` (log one line per sample), or `probe` (try to reach
+//! value), `log` (log one line per sample), `sink` (consume and emit
+//! nothing: what the crossing alone costs), or `probe` (try to reach
 //! outside the sandbox and report, per sample, on output `probe`, what it
 //! found: 1.0 where a directory listing, an environment variable or a TCP
 //! connection worked, and the wall clock in ms).
@@ -24,6 +25,7 @@ enum Mode {
     Error,
     Log,
     Probe,
+    Sink,
 }
 
 impl StreamFunction for Misbehave {
@@ -32,7 +34,7 @@ impl StreamFunction for Misbehave {
     fn info() -> Info {
         Info::new("misbehave", env!("CARGO_PKG_VERSION"))
             .doc("Misbehaves on request, to test the host's sandbox.")
-            .param("mode", Some("echo"), "echo, trap, loop, grow, error, log or probe")
+            .param("mode", Some("echo"), "echo, trap, loop, grow, error, log, probe or sink")
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
@@ -44,7 +46,8 @@ impl StreamFunction for Misbehave {
             "error" => Mode::Error,
             "log" => Mode::Log,
             "probe" => Mode::Probe,
-            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log, probe")),
+            "sink" => Mode::Sink,
+            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log, probe, sink")),
         };
         io.input("input", &["value"], "any series");
         io.output("echo", &["value", "count"], "the input, with a running count per key");
@@ -86,6 +89,7 @@ impl StreamFunction for Misbehave {
                 }
                 return Ok(());
             }
+            Mode::Sink => return Ok(()),
             Mode::Echo | Mode::Log => {}
         }
         for row in input.rows() {

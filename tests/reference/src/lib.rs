@@ -5,6 +5,7 @@
 //! obviousness over speed. [`rng`] is the one seeded generator every test
 //! uses for its data.
 
+pub mod indicator;
 pub mod market;
 pub mod rng;
 pub mod ta;
