@@ -10,7 +10,9 @@
 //! epoch deadline, lifting the outputs); the native side runs the same
 //! plugin crate through the SDK's `Instance` (parameter checks, batch
 //! validation, per-key state, outputs), so the difference is the sandbox.
-//! Each figure is the median of 5 runs, each on a fresh instance.
+//! Each figure is the median of 9 runs, each on a fresh instance, native and
+//! WebAssembly runs taken in turn so that the shared machine's load hits
+//! both alike.
 //!
 //! An argument runs only the rows whose name contains it:
 //! `cargo bench -p tickfold --bench plugin_overhead -- crossing`.
@@ -26,7 +28,7 @@ use tickfold_sdk::StreamFunction;
 
 const SAMPLES: usize = 1 << 20;
 const KEYS: usize = 64;
-const RUNS: usize = 5;
+const RUNS: usize = 9;
 
 /// Input columns shared by both sides.
 struct Data {
@@ -63,7 +65,21 @@ fn median(mut runs: Vec<Duration>) -> f64 {
     runs[runs.len() / 2].as_nanos() as f64 / SAMPLES as f64
 }
 
-fn wasm_ns(plugin: &LoadedPlugin, params: &[(&str, &str)], d: &Data, batch: usize) -> f64 {
+/// One timed run on a fresh instance.
+type Run<'a> = Box<dyn FnMut() -> Duration + 'a>;
+
+/// Medians of native and WebAssembly runs taken in turn, so that a change
+/// in the machine's load (it is shared) hits both sides alike.
+fn interleaved(mut native: Run<'_>, mut wasm: Run<'_>) -> (f64, f64) {
+    let (mut n, mut w) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        n.push(native());
+        w.push(wasm());
+    }
+    (median(n), median(w))
+}
+
+fn wasm_run<'a>(plugin: &'a LoadedPlugin, params: &'a [(&str, &str)], d: &Data, batch: usize) -> Run<'a> {
     let mut keys = KeyTable::default();
     d.names.iter().for_each(|n| {
         keys.intern(n);
@@ -80,21 +96,18 @@ fn wasm_ns(plugin: &LoadedPlugin, params: &[(&str, &str)], d: &Data, batch: usiz
             (b, wm)
         })
         .collect();
-    let runs = (0..RUNS)
-        .map(|_| {
-            let mut inst = plugin.open(&plugin::params(params.iter().copied())).expect("opens");
-            let start = Instant::now();
-            for (b, wm) in &batches {
-                std::hint::black_box(inst.process(std::slice::from_ref(b), &keys).expect("process"));
-                std::hint::black_box(inst.on_watermark(*wm).expect("watermark"));
-            }
-            start.elapsed()
-        })
-        .collect();
-    median(runs)
+    Box::new(move || {
+        let mut inst = plugin.open(&plugin::params(params.iter().copied())).expect("opens");
+        let start = Instant::now();
+        for (b, wm) in &batches {
+            std::hint::black_box(inst.process(std::slice::from_ref(b), &keys).expect("process"));
+            std::hint::black_box(inst.on_watermark(*wm).expect("watermark"));
+        }
+        start.elapsed()
+    })
 }
 
-fn native_ns<P: StreamFunction>(params: &[(&str, &str)], d: &Data, batch: usize) -> f64 {
+fn native_run<'a, P: StreamFunction>(params: &'a [(&str, &str)], d: &Data, batch: usize) -> Run<'a> {
     let params: Vec<tickfold_sdk::Param> =
         params.iter().map(|(n, v)| tickfold_sdk::Param { name: n.to_string(), value: v.to_string() }).collect();
     let batches: Vec<(tickfold_sdk::Batch, i64)> = ranges(batch)
@@ -111,19 +124,16 @@ fn native_ns<P: StreamFunction>(params: &[(&str, &str)], d: &Data, batch: usize)
         .collect();
     let names: Vec<tickfold_sdk::KeyName> =
         d.names.iter().enumerate().map(|(i, n)| tickfold_sdk::KeyName { id: i as u32, name: n.clone() }).collect();
-    let runs = (0..RUNS)
-        .map(|_| {
-            let mut inst = tickfold_sdk::Instance::<P>::open(&params).expect("opens");
-            inst.add_keys(names.clone());
-            let start = Instant::now();
-            for (b, wm) in &batches {
-                std::hint::black_box(inst.process(std::slice::from_ref(b)).expect("process"));
-                std::hint::black_box(inst.on_watermark(*wm).expect("watermark"));
-            }
-            start.elapsed()
-        })
-        .collect();
-    median(runs)
+    Box::new(move || {
+        let mut inst = tickfold_sdk::Instance::<P>::open(&params).expect("opens");
+        inst.add_keys(names.clone());
+        let start = Instant::now();
+        for (b, wm) in &batches {
+            std::hint::black_box(inst.process(std::slice::from_ref(b)).expect("process"));
+            std::hint::black_box(inst.on_watermark(*wm).expect("watermark"));
+        }
+        start.elapsed()
+    })
 }
 
 struct Case {
@@ -132,7 +142,7 @@ struct Case {
     crate_name: &'static str,
     params: &'static [(&'static str, &'static str)],
     fields: &'static [&'static str],
-    native: fn(&[(&str, &str)], &Data, usize) -> f64,
+    native: for<'a> fn(&'a [(&'a str, &'a str)], &Data, usize) -> Run<'a>,
 }
 
 fn cases() -> Vec<Case> {
@@ -146,34 +156,34 @@ fn cases() -> Vec<Case> {
             crate_name: "tickfold_test_fixtures",
             params: &[("mode", "sink")],
             fields: &["value"],
-            native: native_ns::<tickfold_test_fixtures::Misbehave>,
+            native: native_run::<tickfold_test_fixtures::Misbehave>,
         },
         Case {
             label: "crossing: 1 field in, 2 out",
             crate_name: "tickfold_test_fixtures",
             params: &[("mode", "echo")],
             fields: &["value"],
-            native: native_ns::<tickfold_test_fixtures::Misbehave>,
+            native: native_run::<tickfold_test_fixtures::Misbehave>,
         },
-        Case { label: "ohlcv", crate_name: "ohlcv", params: &[], fields: TRADES, native: native_ns::<ohlcv::Ohlcv> },
-        Case { label: "vwap", crate_name: "vwap", params: &[], fields: TRADES, native: native_ns::<vwap::Vwap> },
-        Case { label: "sma", crate_name: "sma", params: &[], fields: CLOSE, native: native_ns::<sma::SmaPlugin> },
-        Case { label: "ema", crate_name: "ema", params: &[], fields: CLOSE, native: native_ns::<ema::EmaPlugin> },
-        Case { label: "rsi", crate_name: "rsi", params: &[], fields: CLOSE, native: native_ns::<rsi::RsiPlugin> },
-        Case { label: "macd", crate_name: "macd", params: &[], fields: CLOSE, native: native_ns::<macd::MacdPlugin> },
+        Case { label: "ohlcv", crate_name: "ohlcv", params: &[], fields: TRADES, native: native_run::<ohlcv::Ohlcv> },
+        Case { label: "vwap", crate_name: "vwap", params: &[], fields: TRADES, native: native_run::<vwap::Vwap> },
+        Case { label: "sma", crate_name: "sma", params: &[], fields: CLOSE, native: native_run::<sma::SmaPlugin> },
+        Case { label: "ema", crate_name: "ema", params: &[], fields: CLOSE, native: native_run::<ema::EmaPlugin> },
+        Case { label: "rsi", crate_name: "rsi", params: &[], fields: CLOSE, native: native_run::<rsi::RsiPlugin> },
+        Case { label: "macd", crate_name: "macd", params: &[], fields: CLOSE, native: native_run::<macd::MacdPlugin> },
         Case {
             label: "bollinger",
             crate_name: "bollinger",
             params: &[],
             fields: CLOSE,
-            native: native_ns::<bollinger::BollingerPlugin>,
+            native: native_run::<bollinger::BollingerPlugin>,
         },
         Case {
             label: "anomaly",
             crate_name: "anomaly",
             params: &[],
             fields: CLOSE,
-            native: native_ns::<anomaly::Anomaly>,
+            native: native_run::<anomaly::Anomaly>,
         },
     ]
 }
@@ -188,7 +198,9 @@ fn built_plugins() -> PathBuf {
 fn main() {
     let dir = built_plugins();
     let runtime = PluginRuntime::new(SandboxLimits::default(), None).expect("runtime");
-    println!("plugin overhead: {SAMPLES} samples, {KEYS} keys, watermark after every batch, median of {RUNS} runs");
+    println!(
+        "plugin overhead: {SAMPLES} samples, {KEYS} keys, watermark after every batch, median of {RUNS} runs, native and wasm in turn"
+    );
     println!();
     println!("| plugin | batch | native ns/sample | wasm ns/sample | wasm / native |");
     println!("| --- | ---: | ---: | ---: | ---: |");
@@ -200,8 +212,8 @@ fn main() {
         let batches: &[usize] =
             if case.crate_name == "ohlcv" || case.crate_name == "sma" { &[64, 256, 1024, 4096] } else { &[1024] };
         for &batch in batches {
-            let native = (case.native)(case.params, &d, batch);
-            let wasm = wasm_ns(&plugin, case.params, &d, batch);
+            let (native, wasm) =
+                interleaved((case.native)(case.params, &d, batch), wasm_run(&plugin, case.params, &d, batch));
             let row = format!("| {} | {batch} | {native:.1} | {wasm:.1} | {:.2} |", case.label, wasm / native);
             if batch == 1024 {
                 println!("{row}");

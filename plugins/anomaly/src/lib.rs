@@ -94,8 +94,14 @@ impl KeyStats {
         }
         let d1 = self.s1.value() / n;
         let mean = self.shift + d1;
-        let stddev =
-            if constant { 0.0 } else { ((self.s2.value() - self.s1.value() * d1) / (n - 1.0)).max(0.0).sqrt() };
+        let stddev = if constant {
+            0.0
+        } else {
+            // A comparison rather than f64::max (a libm call in
+            // WebAssembly); a negative rounding residue or NaN gives 0.
+            let variance = (self.s2.value() - self.s1.value() * d1) / (n - 1.0);
+            if variance > 0.0 { variance.sqrt() } else { 0.0 }
+        };
         (mean, stddev, (v - self.shift) - d1)
     }
 

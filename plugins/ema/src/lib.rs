@@ -54,7 +54,6 @@ mod tests {
     use tickfold_reference::ta;
     use tickfold_sdk::testing::{Harness, Sample};
 
-
     use super::*;
 
     fn reference(xs: &[f64], period: usize) -> Vec<Option<Vec<f64>>> {

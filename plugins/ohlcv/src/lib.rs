@@ -102,8 +102,15 @@ impl BarState {
             if ts >= self.close_ts {
                 (self.close, self.close_ts) = (price, ts);
             }
-            self.high = self.high.max(price);
-            self.low = self.low.min(price);
+            // Comparisons, not f64::max/min: prices here are finite, and
+            // WebAssembly has no instruction for Rust's NaN-ignoring max, so
+            // those become calls into libm.
+            if price > self.high {
+                self.high = price;
+            }
+            if price < self.low {
+                self.low = price;
+            }
         }
         self.volume.add(size);
         self.notional.add(price * size);

@@ -24,15 +24,14 @@ impl Batch {
     }
 
     /// Appends one sample; `values` has one entry per field.
+    ///
+    /// `#[inline]`: it runs once per emitted sample and lives in another
+    /// crate than its callers, so without the hint it is never inlined.
+    #[inline]
     pub fn push(&mut self, key: KeyId, ts: Millis, values: &[f64]) {
-        assert_eq!(
-            values.len(),
-            self.fields.len(),
-            "a sample of series {} needs {} values, got {}",
-            self.series,
-            self.fields.len(),
-            values.len()
-        );
+        if values.len() != self.fields.len() {
+            wrong_width(self.series, self.fields.len(), values.len());
+        }
         self.keys.push(key);
         self.ts.push(ts);
         for (column, &v) in self.fields.iter_mut().zip(values) {
@@ -65,6 +64,13 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// Kept out of line so the formatting stays off the hot path.
+#[cold]
+#[inline(never)]
+fn wrong_width(series: u32, fields: usize, got: usize) -> ! {
+    panic!("a sample of series {series} needs {fields} values, got {got}")
 }
 
 /// One sample of a [`Batch`].

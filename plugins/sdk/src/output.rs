@@ -25,12 +25,21 @@ impl Output {
         self.batches[series].push(key, ts, values);
     }
 
-    /// Takes the non-empty batches, leaving empty ones of the same shape.
+    /// Takes the non-empty batches, leaving empty ones of the same shape
+    /// with room for as many samples as were taken: a plugin emits about as
+    /// much per call as the call before, and regrowing every column from
+    /// empty on every call costs a dozen reallocations each.
     pub fn take(&mut self) -> Vec<Batch> {
         let mut taken = Vec::new();
         for b in &mut self.batches {
             if !b.is_empty() {
-                let fresh = Batch::new(b.series, b.fields.len());
+                let n = b.len();
+                let fresh = Batch {
+                    series: b.series,
+                    keys: Vec::with_capacity(n),
+                    ts: Vec::with_capacity(n),
+                    fields: b.fields.iter().map(|_| Vec::with_capacity(n)).collect(),
+                };
                 taken.push(std::mem::replace(b, fresh));
             }
         }

@@ -11,8 +11,6 @@
 //! window is closed depends only on the watermark, so the answer is the
 //! same after a restore.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
@@ -58,14 +56,16 @@ impl WindowSpec {
     /// The latest window start at or before `ts`.
     #[inline]
     pub fn last_start(&self, ts: Millis) -> Millis {
-        // Saturating: event times near the ends of i64 must not overflow.
-        ts.saturating_sub(self.offset_ms)
-            .div_euclid(self.slide_ms)
-            .saturating_mul(self.slide_ms)
-            .saturating_add(self.offset_ms)
+        // `x - x mod slide`, not `floor(x / slide) * slide`: the same start
+        // without a multiplication, whose overflow check WebAssembly can only
+        // do with a 128-bit software multiply. Only times within one slide
+        // of i64::MIN can round below it; they saturate.
+        let x = ts.saturating_sub(self.offset_ms);
+        x.checked_sub(x.rem_euclid(self.slide_ms)).unwrap_or(Millis::MIN).saturating_add(self.offset_ms)
     }
 
     /// The starts of every window containing `ts`, latest first.
+    #[inline]
     pub fn starts(&self, ts: Millis) -> impl Iterator<Item = Millis> + use<> {
         let spec = *self;
         let mut next = Some(spec.last_start(ts));
@@ -102,14 +102,20 @@ pub enum Placed {
 }
 
 /// The open windows of one key, each with an accumulator `A`.
+///
+/// A key has few windows open at once (one or two for tumbling windows,
+/// size/slide for sliding ones), so they live in a vector sorted by start:
+/// a scan of one or two entries beats a tree's pointer chasing, natively and
+/// even more in WebAssembly. Saved, the vector reads as a map from start to
+/// accumulator (postcard encodes both the same way).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Windows<A> {
-    open: BTreeMap<Millis, A>,
+    open: Vec<(Millis, A)>,
 }
 
 impl<A> Default for Windows<A> {
     fn default() -> Self {
-        Windows { open: BTreeMap::new() }
+        Windows { open: Vec::new() }
     }
 }
 
@@ -131,7 +137,7 @@ impl<A: Default> Windows<A> {
                 late += 1;
             } else {
                 placed += 1;
-                f(start, self.open.entry(start).or_default());
+                f(start, self.entry(start));
             }
         }
         match (placed, late) {
@@ -142,22 +148,39 @@ impl<A: Default> Windows<A> {
     }
 }
 
+impl<A: Default> Windows<A> {
+    /// The accumulator of the window starting at `start`, opened if needed.
+    /// New windows are usually the latest, so the search starts at the end.
+    #[inline]
+    fn entry(&mut self, start: Millis) -> &mut A {
+        let i = match self.open.iter().rposition(|(s, _)| *s <= start) {
+            Some(i) if self.open[i].0 == start => i,
+            Some(i) => {
+                self.open.insert(i + 1, (start, A::default()));
+                i + 1
+            }
+            None => {
+                self.open.insert(0, (start, A::default()));
+                0
+            }
+        };
+        &mut self.open[i].1
+    }
+}
+
 impl<A> Windows<A> {
     /// Closes, in start order, every window that `watermark` closes, and
     /// hands each to `f(start, accumulator)`.
     pub fn close(&mut self, spec: &WindowSpec, watermark: Millis, mut f: impl FnMut(Millis, A)) {
-        while let Some(entry) = self.open.first_entry() {
-            if spec.closes_at(*entry.key()) > watermark {
-                break;
-            }
-            let start = *entry.key();
-            f(start, entry.remove());
+        let due = self.open.iter().take_while(|(start, _)| spec.closes_at(*start) <= watermark).count();
+        for (start, acc) in self.open.drain(..due) {
+            f(start, acc);
         }
     }
 
     /// The watermark at which the next window closes, if any is open.
     pub fn next_close(&self, spec: &WindowSpec) -> Option<Millis> {
-        self.open.keys().next().map(|&start| spec.closes_at(start))
+        self.open.first().map(|(start, _)| spec.closes_at(*start))
     }
 
     /// The open windows, by start.
@@ -208,6 +231,40 @@ mod tests {
         w.close(&spec, i64::MAX, |s, a| closed.push((s, a)));
         assert_eq!(closed[1], (10, vec![12]));
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn windows_added_out_of_order_stay_sorted_and_close_in_order() {
+        let spec = WindowSpec::sliding(30, 10);
+        let mut w = Windows::<Vec<i64>>::default();
+        for ts in [45, 12, 31, 5, 58, 20] {
+            w.add(&spec, ts, i64::MIN, |_, a| a.push(ts));
+        }
+        let starts: Vec<i64> = w.iter().map(|(s, _)| s).collect();
+        let mut sorted = starts.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(starts, sorted);
+        let mut closed = vec![];
+        w.close(&spec, i64::MAX, |s, a| closed.push((s, a)));
+        assert_eq!(closed[0], (-20, vec![5]));
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
+    fn saved_windows_read_as_a_map_from_start_to_accumulator() {
+        // The format of state saved when windows lived in a BTreeMap.
+        let mut map = std::collections::BTreeMap::new();
+        map.insert(60_000i64, 2.5f64);
+        map.insert(0i64, 1.5f64);
+        #[derive(Serialize)]
+        struct Old {
+            open: std::collections::BTreeMap<i64, f64>,
+        }
+        let bytes = postcard::to_allocvec(&Old { open: map }).unwrap();
+        let w: Windows<f64> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(w.iter().collect::<Vec<_>>(), vec![(0, &1.5), (60_000, &2.5)]);
+        assert_eq!(postcard::to_allocvec(&w).unwrap(), bytes);
     }
 
     #[test]

@@ -79,5 +79,8 @@ fn population_deviation(values: &[f64], mean: f64) -> f64 {
         squares += d * d;
     }
     let n = values.len() as f64;
-    ((squares - sum * sum / n) / n).max(0.0).sqrt()
+    // Rounding can leave a tiny negative variance. A comparison rather than
+    // f64::max, which is a libm call in WebAssembly; NaN also gives 0.
+    let variance = (squares - sum * sum / n) / n;
+    if variance > 0.0 { variance.sqrt() } else { 0.0 }
 }
