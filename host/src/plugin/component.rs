@@ -10,6 +10,8 @@ use super::bindings::{Plugin, PluginPre};
 use super::error::Error;
 use super::instance::{PluginInstance, classify};
 use super::sandbox::Sandbox;
+use crate::keys::KeyTable;
+
 use super::{CONTRACT, Descriptor, EXPORT_NAME, LOG_IMPORT_NAME, Param, SandboxLimits, Snapshot, TYPES_IMPORT_NAME};
 
 /// The engine, the linker with the sandbox's imports, and the limits:
@@ -135,9 +137,17 @@ impl LoadedPlugin {
         PluginInstance::open(self.new_store(), &self.pre, self.label(), &self.limits, params, None)
     }
 
-    /// Opens an instance from a snapshot.
-    pub fn restore(&self, params: &[Param], snapshot: &Snapshot) -> Result<PluginInstance, Error> {
-        PluginInstance::open(self.new_store(), &self.pre, self.label(), &self.limits, params, Some(snapshot))
+    /// Opens an instance from a snapshot, and names every key the snapshot
+    /// holds (interning them in `keys`): a restored instance owns exactly
+    /// those keys, and a key that never sees another sample must still have
+    /// its windows closed by the watermark. To move keys between instances,
+    /// split the snapshot's key states first; they are independent.
+    pub fn restore(&self, params: &[Param], snapshot: &Snapshot, keys: &mut KeyTable) -> Result<PluginInstance, Error> {
+        let mut instance =
+            PluginInstance::open(self.new_store(), &self.pre, self.label(), &self.limits, params, Some(snapshot))?;
+        let ids: Vec<_> = snapshot.keys.iter().map(|k| keys.intern(&k.key)).collect();
+        instance.name_keys(&ids, keys)?;
+        Ok(instance)
     }
 
     fn new_store(&self) -> Store<Sandbox> {

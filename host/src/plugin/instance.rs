@@ -8,7 +8,7 @@ use super::bindings::{Plugin, PluginPre};
 use super::error::{Error, StopReason};
 use super::sandbox::Sandbox;
 use super::{Batch, KeyName, Param, SandboxLimits, SeriesDecl, Snapshot};
-use crate::keys::KeyTable;
+use crate::keys::{KeyId, KeyTable};
 
 /// An instance of a plugin in its own store. Not shared between threads:
 /// each worker opens its own.
@@ -87,26 +87,30 @@ impl PluginInstance {
     /// Sends the names of keys in `batches` the instance has not seen, then
     /// the batches; returns what they complete.
     pub fn process(&mut self, batches: &[Batch], keys: &KeyTable) -> Result<Vec<Batch>, Error> {
-        let mut new_keys = Vec::new();
         for batch in batches {
-            for &id in &batch.keys {
-                let i = id as usize;
-                if i >= self.named.len() {
-                    self.named.resize(i + 1, false);
-                }
-                if !self.named[i] {
-                    self.named[i] = true;
-                    new_keys.push(KeyName { id, name: keys.name(id).to_string() });
-                }
-            }
-        }
-        if !new_keys.is_empty() {
-            self.call("add-keys", |p, s, o| {
-                p.tickfold_plugin_stream_function().operator().call_add_keys(s, o, &new_keys)
-            })?;
+            self.name_keys(&batch.keys, keys)?;
         }
         self.call("process", |p, s, o| p.tickfold_plugin_stream_function().operator().call_process(s, o, batches))?
             .map_err(|error| Error::Rejected { plugin: self.label.clone(), call: "process", error })
+    }
+
+    /// Sends the names of those of `ids` the instance has not been told.
+    pub(super) fn name_keys(&mut self, ids: &[KeyId], keys: &KeyTable) -> Result<(), Error> {
+        let mut new_keys = Vec::new();
+        for &id in ids {
+            let i = id as usize;
+            if i >= self.named.len() {
+                self.named.resize(i + 1, false);
+            }
+            if !self.named[i] {
+                self.named[i] = true;
+                new_keys.push(KeyName { id, name: keys.name(id).to_string() });
+            }
+        }
+        if new_keys.is_empty() {
+            return Ok(());
+        }
+        self.call("add-keys", |p, s, o| p.tickfold_plugin_stream_function().operator().call_add_keys(s, o, &new_keys))
     }
 
     /// Advances the watermark; returns the windows it closes.

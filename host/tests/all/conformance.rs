@@ -292,11 +292,11 @@ fn snapshot_restore_continue_equals_an_uninterrupted_run() {
         feed(&mut a, &mut keys, first, &mut got);
         let snap = a.snapshot().unwrap();
         drop(a);
-        let mut b = plugin.restore(&[], &snap).unwrap();
         let mut keys_b = KeyTable::default();
         for s in SYMBOLS.iter().rev() {
             keys_b.intern(s);
         }
+        let mut b = plugin.restore(&[], &snap, &mut keys_b).unwrap();
         feed(&mut b, &mut keys_b, second, &mut got);
         got.extend(outs(b.on_watermark(i64::MAX).unwrap(), &names, &keys_b));
         // Bit for bit, not within a tolerance.

@@ -165,9 +165,9 @@ fn snapshot_and_restore_carry_state_by_key_name() {
 
     // A fresh instance with a key table in another order: state follows
     // the names, not the ids.
-    let mut b = plugin.restore(&plugin::params([("mode", "echo")]), &snap).unwrap();
     let mut keys_b = KeyTable::default();
     keys_b.intern("TSLA");
+    let mut b = plugin.restore(&plugin::params([("mode", "echo")]), &snap, &mut keys_b).unwrap();
     let out = b.process(&[batch(&mut keys_b, &["MSFT", "AAPL", "TSLA"], 3)], &keys_b).unwrap();
     assert_eq!(counts(&out, &keys_b), vec![("MSFT".into(), 3.0), ("AAPL".into(), 2.0), ("TSLA".into(), 1.0)]);
 }
@@ -266,7 +266,8 @@ fn a_snapshot_in_a_format_the_plugin_does_not_read_is_refused_clearly() {
     assert_eq!(snap.format_version, plugin.descriptor().state_format_version);
     // As if written by a later version of the plugin with another layout.
     snap.format_version += 1;
-    let err = plugin.restore(&plugin::params([("mode", "echo")]), &snap).err().expect("refused");
+    let err =
+        plugin.restore(&plugin::params([("mode", "echo")]), &snap, &mut KeyTable::default()).err().expect("refused");
     match &err {
         Error::Rejected { error: GuestError::BadState(m), call: "restore", .. } => {
             assert!(m.contains("format version 2") && m.contains("start the plugin from empty state"), "{m}")
@@ -299,4 +300,29 @@ fn walk(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
         .unwrap_or(0)
+}
+
+#[test]
+fn a_restored_key_that_never_trades_again_still_closes_its_windows() {
+    let plugin = runtime().load_file(&plugin_wasm("ohlcv")).unwrap();
+    let mut keys = KeyTable::default();
+    let mut a = plugin.open(&[]).unwrap();
+    let mut trades = Batch::empty(0, 2);
+    for (symbol, ts, price) in [("AAPL", 1_000, 10.0), ("MSFT", 2_000, 20.0)] {
+        trades.keys.push(keys.intern(symbol));
+        trades.ts.push(ts);
+        trades.fields[0].push(price);
+        trades.fields[1].push(1.0);
+    }
+    a.process(&[trades], &keys).unwrap();
+    let snap = a.snapshot().unwrap();
+
+    // Restored with a fresh key table, and no trade of either key since.
+    let mut keys_b = KeyTable::default();
+    let mut b = plugin.restore(&[], &snap, &mut keys_b).unwrap();
+    let bars = b.on_watermark(i64::MAX).unwrap();
+    let mut got: Vec<(&str, f64)> =
+        bars[0].keys.iter().zip(&bars[0].fields[0]).map(|(k, open)| (keys_b.name(*k), *open)).collect();
+    got.sort_by(|x, y| x.0.cmp(y.0));
+    assert_eq!(got, vec![("AAPL", 10.0), ("MSFT", 20.0)]);
 }
