@@ -29,6 +29,18 @@ enum Command {
     Exec(ExecArgs),
     /// Writes a seeded synthetic market (trades) to a CSV or JSONL file.
     Generate(GenerateArgs),
+    /// Runs a plugin chain over a file on the streaming dataflow: worker
+    /// threads, rows exchanged by key, the frontier as the watermark.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    run: ExecArgs,
+    /// Worker threads.
+    #[arg(long, short, default_value_t = 2)]
+    workers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check(args),
         Command::Exec(args) => exec(args),
         Command::Generate(args) => generate(args),
+        Command::Replay(args) => replay(args),
     }
 }
 
@@ -250,40 +263,75 @@ fn descriptor_json(d: &Descriptor, resolved: Option<&(Vec<SeriesDecl>, Vec<Serie
 
 fn exec(args: ExecArgs) -> Result<()> {
     let started = Instant::now();
-    let runtime = args.runtime.runtime()?;
-    let plugins: Vec<LoadedPlugin> = args.plugins.iter().map(|p| runtime.load_file(p)).collect::<Result<_, _>>()?;
-    let params = assign_params(&plugins, &args.params)?;
+    let (plugins, params) = load_chain(&args)?;
     let mut source = FileSource::open(&args.input, args.batch_rows)?;
     let mut chain = Chain::open(&plugins, &params, source.fields(), args.watermark_lag_ms, args.all_stages)?;
-
-    let format = match (args.format, &args.output) {
-        (Some(f), _) => f,
-        (None, Some(p)) if has_ext(p, &["jsonl", "ndjson", "json"]) => Format::Jsonl,
-        _ => Format::Csv,
-    };
-    let sink: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let sink = BufWriter::with_capacity(1 << 16, sink);
-    let mut writer: Box<dyn OutputWriter> = match format {
-        Format::Jsonl => Box::new(JsonlWriter(sink)),
-        Format::Csv => Box::new(CsvWriter::new(sink, chain.reported_series())?),
-    };
+    let mut writer = output_writer(&args, chain.reported_series())?;
     while let Some(chunk) = source.next_chunk()? {
         chain.push(&chunk, writer.as_mut())?;
     }
     chain.finish(writer.as_mut())?;
     writer.finish()?;
     let s = chain.stats();
-    if s.rows_in == 0 {
-        bail!("{}: no rows (is it empty?)", args.input.display());
+    summary(&args.input, s.rows_in, s.late, s.samples_out, started)
+}
+
+fn replay(args: ReplayArgs) -> Result<()> {
+    let started = Instant::now();
+    let run = &args.run;
+    let (plugins, params) = load_chain(run)?;
+    // A chain opened here only to name the reported series for the header.
+    let fields = FileSource::open(&run.input, 1)?.fields().to_vec();
+    let writer = {
+        let chain = Chain::open(&plugins, &params, &fields, run.watermark_lag_ms, run.all_stages)?;
+        output_writer(run, chain.reported_series())?
+    };
+    let out: crate::dataflow::SharedOutput = std::sync::Arc::new(std::sync::Mutex::new(writer));
+    let options = crate::dataflow::ReplayOptions {
+        workers: args.workers,
+        watermark_lag_ms: run.watermark_lag_ms,
+        batch_rows: run.batch_rows,
+        report_all: run.all_stages,
+    };
+    let s = crate::dataflow::replay(&run.input, &plugins, &params, &options, out.clone())?;
+    out.lock().map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?.finish()?;
+    summary(&run.input, s.rows_in, s.late, s.samples_out, started)
+}
+
+fn load_chain(args: &ExecArgs) -> Result<(Vec<LoadedPlugin>, Vec<Vec<crate::plugin::Param>>)> {
+    let runtime = args.runtime.runtime()?;
+    let plugins: Vec<LoadedPlugin> = args.plugins.iter().map(|p| runtime.load_file(p)).collect::<Result<_, _>>()?;
+    let params = assign_params(&plugins, &args.params)?;
+    Ok((plugins, params))
+}
+
+/// The writer `--output` and `--format` ask for.
+fn output_writer<'a>(
+    args: &ExecArgs,
+    series: impl Iterator<Item = (&'a str, &'a [String])>,
+) -> Result<Box<dyn OutputWriter + Send>> {
+    let format = match (args.format, &args.output) {
+        (Some(f), _) => f,
+        (None, Some(p)) if has_ext(p, &["jsonl", "ndjson", "json"]) => Format::Jsonl,
+        _ => Format::Csv,
+    };
+    let sink: Box<dyn Write + Send> = match &args.output {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => Box::new(std::io::stdout()),
+    };
+    let sink = BufWriter::with_capacity(1 << 16, sink);
+    Ok(match format {
+        Format::Jsonl => Box::new(JsonlWriter(sink)),
+        Format::Csv => Box::new(CsvWriter::new(sink, series)?),
+    })
+}
+
+fn summary(input: &Path, rows_in: u64, late: u64, samples_out: u64, started: Instant) -> Result<()> {
+    if rows_in == 0 {
+        bail!("{}: no rows (is it empty?)", input.display());
     }
     eprintln!(
-        "tickfold: {} rows in, {} late (below the watermark on arrival, left out), {} samples out, {:.2} s",
-        s.rows_in,
-        s.late,
-        s.samples_out,
+        "tickfold: {rows_in} rows in, {late} late (below the watermark on arrival, left out), {samples_out} samples out, {:.2} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

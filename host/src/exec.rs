@@ -77,6 +77,8 @@ pub struct ExecStats {
     pub rows_in: u64,
     /// Input rows left out because they arrived below the watermark.
     pub late: u64,
+    /// Input rows handed to the first stage.
+    pub samples_in: u64,
     /// Output samples written.
     pub samples_out: u64,
 }
@@ -183,9 +185,10 @@ impl Chain {
         &self.stats
     }
 
-    /// Feeds one chunk of input, then advances the watermark.
+    /// Feeds one chunk of input, leaving out rows below the watermark on
+    /// arrival, then advances the watermark.
     pub fn push(&mut self, chunk: &Chunk, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
-        let mut input = Batch::empty(0, chunk.fields.len());
+        let mut on_time = Vec::with_capacity(chunk.len());
         for i in 0..chunk.len() {
             self.stats.rows_in += 1;
             let ts = chunk.ts[i];
@@ -194,14 +197,33 @@ impl Chain {
                 continue;
             }
             self.max_ts = self.max_ts.max(ts);
-            input.keys.push(self.keys.intern(&chunk.symbols[i]));
+            on_time.push(i);
+        }
+        let values: Vec<Vec<f64>> = on_time.iter().map(|&i| chunk.fields.iter().map(|c| c[i]).collect()).collect();
+        let rows = on_time.iter().zip(&values).map(|(&i, v)| (chunk.symbols[i].as_str(), chunk.ts[i], v.as_slice()));
+        self.feed(rows, out)?;
+        self.advance(self.watermark(), out)
+    }
+
+    /// Feeds rows that a source has already let through (the streaming
+    /// dataflow decides lateness at its sources), without moving the
+    /// watermark.
+    pub fn feed<'r>(
+        &mut self,
+        rows: impl IntoIterator<Item = (&'r str, i64, &'r [f64])>,
+        out: &mut dyn OutputWriter,
+    ) -> Result<(), ExecError> {
+        let fields = self.series[0].fields.len();
+        let mut input = Batch::empty(0, fields);
+        for (symbol, ts, values) in rows {
+            input.keys.push(self.keys.intern(symbol));
             input.ts.push(ts);
-            for (col, values) in input.fields.iter_mut().zip(&chunk.fields) {
-                col.push(values[i]);
+            for (col, v) in input.fields.iter_mut().zip(values) {
+                col.push(*v);
             }
         }
-        self.flow(0, vec![input], out)?;
-        self.advance(self.watermark(), out)
+        self.stats.samples_in += input.len() as u64;
+        self.flow(0, vec![input], out)
     }
 
     /// Ends the input: the watermark moves to the end of time.
@@ -213,7 +235,9 @@ impl Chain {
         self.max_ts.saturating_sub(self.lag_ms)
     }
 
-    fn advance(&mut self, watermark: i64, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
+    /// Tells every stage, in order, that no sample below `watermark` will
+    /// arrive, routing what that closes downstream.
+    pub fn advance(&mut self, watermark: i64, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
         for i in 0..self.stages.len() {
             let produced = self.stages[i].instance.on_watermark(watermark)?;
             self.route(i, produced, out)?;

@@ -14,6 +14,7 @@
 //! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
 pub mod cli;
+pub mod dataflow;
 pub mod exec;
 pub mod keys;
 pub mod plugin;

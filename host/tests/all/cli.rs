@@ -192,3 +192,43 @@ fn exec_explains_an_input_it_cannot_wire() {
     // With field=price it runs.
     stdout(&tickfold(&["exec", p(&plugin_wasm("rsi")), "--input", p(&csv), "--param", "field=price"]));
 }
+
+/// Each key's rows, in order.
+fn per_key(rows: &[serde_json::Value]) -> std::collections::BTreeMap<(String, String), Vec<serde_json::Value>> {
+    let mut by_key: std::collections::BTreeMap<(String, String), Vec<serde_json::Value>> = Default::default();
+    for r in rows {
+        let key = (r["series"].as_str().unwrap().to_string(), r["symbol"].as_str().unwrap().to_string());
+        by_key.entry(key).or_default().push(r.clone());
+    }
+    by_key
+}
+
+#[test]
+fn replay_on_workers_gives_what_exec_gives_per_key() {
+    let dir = TempDir::new("replay");
+    let csv = dir.path().join("trades.csv");
+    write_trades_csv(
+        &csv,
+        &trades(21, &["AAPL", "MSFT", "BTC-USD", "EURUSD", "NVDA"], 20_000, 1_700_000_000_000, 80.0),
+    );
+    let (ohlcv, rsi, vwap) = (plugin_wasm("ohlcv"), plugin_wasm("rsi"), plugin_wasm("vwap"));
+    for chain in [vec![p(&ohlcv), p(&rsi)], vec![p(&vwap)]] {
+        let mut common = chain.clone();
+        common.extend(["--input", p(&csv), "--all-stages", "--watermark-lag-ms", "3000", "--batch-rows", "777"]);
+        let exec = tickfold(&[&["exec", "--format", "jsonl"][..], &common].concat());
+        let expected = stdout(&exec);
+        let late = |out: &Output| {
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            err.split(" late").next().and_then(|s| s.rsplit(' ').next()).unwrap_or_default().to_string()
+        };
+        assert_ne!(late(&exec), "0", "the data should have late trades");
+        for workers in ["1", "2", "3"] {
+            let replay = tickfold(&[&["replay", "--format", "jsonl", "--workers", workers][..], &common].concat());
+            let got = stdout(&replay);
+            let parse =
+                |t: &str| t.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>();
+            assert_eq!(per_key(&parse(&got)), per_key(&parse(&expected)), "{chain:?} on {workers} workers");
+            assert_eq!(late(&replay), late(&exec), "the same trades are late");
+        }
+    }
+}
