@@ -5,11 +5,14 @@
 //! 1. [`source`] reads samples (Kafka partitions; files for replay and
 //!    `tickfold exec`).
 //! 2. [`keys`] interns each symbol to a dense `u32`.
-//! 3. [`plugin`] runs WebAssembly stream functions over columnar batches in
+//! 3. [`dataflow`] runs the timely dataflow: a source that decides lateness
+//!    and sends chunks at its watermark, an exchange by key, and each
+//!    worker's plugin chain advancing with the frontier.
+//! 4. [`exec`] is one plugin chain: batches in, watermarks, outputs routed
+//!    from stage to stage (also `tickfold exec`, single-threaded).
+//! 5. [`plugin`] runs WebAssembly stream functions over columnar batches in
 //!    a sandbox.
-//! 4. [`exec`] drives a chain of plugins over a file, the way the dataflow
-//!    will over a stream: batches in, watermarks, outputs out.
-//! 5. [`cli`] is the `tickfold` command.
+//! 6. [`cli`] is the `tickfold` command.
 //!
 //! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
