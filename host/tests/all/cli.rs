@@ -232,3 +232,20 @@ fn replay_on_workers_gives_what_exec_gives_per_key() {
         }
     }
 }
+
+#[test]
+fn a_plugin_that_traps_mid_run_is_reported_by_exec_and_replay() {
+    let dir = TempDir::new("trap");
+    let csv = dir.path().join("values.csv");
+    std::fs::write(&csv, "symbol,ts,value\nAAPL,1000,1\nMSFT,2000,2\n").unwrap();
+    let fixture = plugin_wasm("tickfold-test-fixtures");
+    for command in ["exec", "replay"] {
+        let out = tickfold(&[command, p(&fixture), "--input", p(&csv), "--param", "mode=trap"]);
+        assert!(!out.status.success(), "{command} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("tickfold: error:") && err.contains("stopped during process") && err.contains("asked to trap"),
+            "{command}: {err}"
+        );
+    }
+}
