@@ -1,0 +1,256 @@
+//! Turning a record's bytes into trades: JSON in Finnhub's shape or a flat
+//! shape, with configurable field names.
+//!
+//! A record either decodes whole or fails whole, with a reason meant for
+//! the dead-letter topic's header: a Finnhub message carrying one bad trade
+//! among ten goes to the dead-letter topic as it came, so nothing is lost
+//! and nothing is half-applied. Messages that carry no trades on purpose
+//! (Finnhub's `{"type":"ping"}`) decode to nothing, without error.
+//!
+//! | shape | example |
+//! | --- | --- |
+//! | flat | `{"symbol":"AAPL","ts":1700000000000,"price":189.5,"size":100}` |
+//! | Finnhub | `{"type":"trade","data":[{"s":"AAPL","p":189.5,"t":1700000000000,"v":100}]}` |
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Which JSON shape records have.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// One trade per record, an object with the four fields.
+    #[default]
+    Flat,
+    /// Finnhub's websocket messages: `type` and a `data` array of trades.
+    Finnhub,
+}
+
+/// The names of a trade's fields in the JSON.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldNames {
+    /// The key (symbol).
+    pub symbol: String,
+    /// Event time, integer milliseconds since the Unix epoch.
+    pub ts: String,
+    /// Price.
+    pub price: String,
+    /// Size (volume).
+    pub size: String,
+}
+
+impl FieldNames {
+    /// The names each shape uses unless configured otherwise.
+    pub fn default_for(shape: Shape) -> Self {
+        let names = match shape {
+            Shape::Flat => ["symbol", "ts", "price", "size"],
+            Shape::Finnhub => ["s", "t", "p", "v"],
+        };
+        let [symbol, ts, price, size] = names.map(String::from);
+        FieldNames { symbol, ts, price, size }
+    }
+}
+
+/// One decoded trade.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trade {
+    /// The key.
+    pub symbol: String,
+    /// Event time, ms since the Unix epoch, UTC.
+    pub ts: i64,
+    /// Price: finite.
+    pub price: f64,
+    /// Size: finite and not negative.
+    pub size: f64,
+}
+
+/// Why a record could not be decoded: the text of the dead-letter header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON at all.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("expected a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// A Finnhub message of type `trade` without a `data` array.
+    #[error("a Finnhub trade message needs a `data` array")]
+    NoData,
+    /// A field is missing.
+    #[error("{at}missing field `{field}`")]
+    Missing { at: String, field: String },
+    /// A field has the wrong type or an impossible value.
+    #[error("{at}field `{field}` must be {expected}, got {got}")]
+    Invalid { at: String, field: String, expected: &'static str, got: String },
+}
+
+/// Decodes JSON trades of one shape, with the given field names.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    shape: Shape,
+    names: FieldNames,
+}
+
+impl Decoder {
+    /// A decoder for `shape`, with its default field names unless `names`.
+    pub fn new(shape: Shape, names: Option<FieldNames>) -> Self {
+        Decoder { shape, names: names.unwrap_or_else(|| FieldNames::default_for(shape)) }
+    }
+
+    /// Decodes one record, appending its trades to `out` only if all of
+    /// them decode. Returns how many it appended.
+    pub fn decode(&self, bytes: &[u8], out: &mut Vec<Trade>) -> Result<usize, DecodeError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let Value::Object(obj) = value else { return Err(DecodeError::NotAnObject(kind(&value))) };
+        match self.shape {
+            Shape::Flat => {
+                out.push(self.trade(&obj, "")?);
+                Ok(1)
+            }
+            Shape::Finnhub => {
+                // Pings and other message types carry no trades.
+                if obj.get("type").and_then(Value::as_str) != Some("trade") {
+                    return Ok(0);
+                }
+                let Some(Value::Array(data)) = obj.get("data") else { return Err(DecodeError::NoData) };
+                let mut trades = Vec::with_capacity(data.len());
+                for (i, item) in data.iter().enumerate() {
+                    let at = format!("data[{i}]: ");
+                    let Value::Object(t) = item else {
+                        return Err(DecodeError::Invalid {
+                            at,
+                            field: "data".into(),
+                            expected: "an array of objects",
+                            got: kind(item).into(),
+                        });
+                    };
+                    trades.push(self.trade(t, &at)?);
+                }
+                out.append(&mut trades);
+                Ok(data.len())
+            }
+        }
+    }
+
+    fn trade(&self, obj: &Map<String, Value>, at: &str) -> Result<Trade, DecodeError> {
+        let n = &self.names;
+        let field = |name: &str| {
+            obj.get(name).ok_or_else(|| DecodeError::Missing { at: at.to_string(), field: name.to_string() })
+        };
+        let invalid = |name: &str, expected: &'static str, got: &Value| DecodeError::Invalid {
+            at: at.to_string(),
+            field: name.to_string(),
+            expected,
+            got: got.to_string(),
+        };
+        let symbol = field(&n.symbol)?;
+        let symbol = match symbol.as_str() {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => return Err(invalid(&n.symbol, "a non-empty string", symbol)),
+        };
+        let ts = field(&n.ts)?;
+        let ts = ts.as_i64().ok_or_else(|| invalid(&n.ts, "integer milliseconds since the Unix epoch", ts))?;
+        let price = field(&n.price)?;
+        let price =
+            price.as_f64().filter(|p| p.is_finite()).ok_or_else(|| invalid(&n.price, "a finite number", price))?;
+        let size = field(&n.size)?;
+        let size = size
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| invalid(&n.size, "a number, 0 or more", size))?;
+        Ok(Trade { symbol, ts, price, size })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(shape: Shape, text: &str) -> Result<Vec<Trade>, DecodeError> {
+        let mut out = Vec::new();
+        Decoder::new(shape, None).decode(text.as_bytes(), &mut out).map(|_| out)
+    }
+
+    fn trade(symbol: &str, ts: i64, price: f64, size: f64) -> Trade {
+        Trade { symbol: symbol.into(), ts, price, size }
+    }
+
+    #[test]
+    fn flat_trades_decode_exactly() {
+        let got = decode(Shape::Flat, r#"{"symbol":"AAPL","ts":1700000000123,"price":189.51000000000002,"size":100}"#);
+        assert_eq!(got, Ok(vec![trade("AAPL", 1_700_000_000_123, 189.51000000000002, 100.0)]));
+    }
+
+    #[test]
+    fn finnhub_messages_carry_several_trades_and_pings_none() {
+        let msg = r#"{"data":[{"c":null,"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467},
+                              {"p":7296.9,"s":"BINANCE:BTCUSDT","t":1575526691135,"v":1}],"type":"trade"}"#;
+        assert_eq!(
+            decode(Shape::Finnhub, msg),
+            Ok(vec![
+                trade("BINANCE:BTCUSDT", 1_575_526_691_134, 7296.89, 0.011467),
+                trade("BINANCE:BTCUSDT", 1_575_526_691_135, 7296.9, 1.0)
+            ])
+        );
+        assert_eq!(decode(Shape::Finnhub, r#"{"type":"ping"}"#), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_bad_trade_fails_the_whole_record_with_a_reason() {
+        let mut out = vec![trade("KEEP", 1, 1.0, 1.0)];
+        let msg = r#"{"type":"trade","data":[{"s":"A","p":1,"t":1,"v":1},{"s":"B","p":"1.5","t":2,"v":1}]}"#;
+        let err = Decoder::new(Shape::Finnhub, None).decode(msg.as_bytes(), &mut out).unwrap_err();
+        assert_eq!(err.to_string(), r#"data[1]: field `p` must be a finite number, got "1.5""#);
+        assert_eq!(out.len(), 1, "nothing of a failed record is appended");
+    }
+
+    #[test]
+    fn every_kind_of_bad_record_says_what_is_wrong() {
+        let cases = [
+            (Shape::Flat, "not json", "not JSON: expected ident at line 1 column 2"),
+            (Shape::Flat, "[1,2]", "expected a JSON object, got an array"),
+            (Shape::Flat, r#"{"symbol":"A","ts":1,"price":1}"#, "missing field `size`"),
+            (
+                Shape::Flat,
+                r#"{"symbol":"","ts":1,"price":1,"size":1}"#,
+                r#"field `symbol` must be a non-empty string, got """#,
+            ),
+            (
+                Shape::Flat,
+                r#"{"symbol":"A","ts":1.5,"price":1,"size":1}"#,
+                "field `ts` must be integer milliseconds since the Unix epoch, got 1.5",
+            ),
+            (
+                Shape::Flat,
+                r#"{"symbol":"A","ts":1,"price":1,"size":-2}"#,
+                "field `size` must be a number, 0 or more, got -2",
+            ),
+            (Shape::Finnhub, r#"{"type":"trade"}"#, "a Finnhub trade message needs a `data` array"),
+        ];
+        for (shape, text, reason) in cases {
+            assert_eq!(decode(shape, text).unwrap_err().to_string(), reason, "{text}");
+        }
+    }
+
+    #[test]
+    fn field_names_are_configurable() {
+        let names = FieldNames { symbol: "sym".into(), ts: "time".into(), price: "px".into(), size: "qty".into() };
+        let mut out = Vec::new();
+        Decoder::new(Shape::Flat, Some(names))
+            .decode(br#"{"sym":"EURUSD","time":5,"px":1.0834,"qty":1000000}"#, &mut out)
+            .unwrap();
+        assert_eq!(out, vec![trade("EURUSD", 5, 1.0834, 1_000_000.0)]);
+    }
+}
