@@ -32,4 +32,5 @@ if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   say "installing tansu $TANSU_VERSION (a cold build takes ~13 minutes on 2 cores)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
-say "services ready: $(tansu --version 2>&1 | head -1), $(influxd version 2>&1 | head -1), victoria-metrics $(victoria-metrics --version 2>&1 | head -1), $(prometheus --version 2>&1 | head -1)"
+version() { dpkg-query -W -f='${Version}' "$1"; }
+say "services ready: $(tansu --version 2>&1 | head -1), influxdb $(version influxdb), victoria-metrics $(version victoria-metrics), prometheus $(version prometheus)"

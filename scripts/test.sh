@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-plugin-toolchain.sh
+# The real services the end-to-end tests start on loopback (tansu, ...).
+scripts/install-services.sh
 
 # The first-party plugins as WebAssembly components, both ways (the tests
 # would build them on first use anyway; building here shows progress).

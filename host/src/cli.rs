@@ -29,9 +29,40 @@ enum Command {
     Exec(ExecArgs),
     /// Writes a seeded synthetic market (trades) to a CSV or JSONL file.
     Generate(GenerateArgs),
+    /// Produces a seeded synthetic market into a Kafka topic.
+    Produce(ProduceArgs),
     /// Runs a plugin chain over a file on the streaming dataflow: worker
     /// threads, rows exchanged by key, the frontier as the watermark.
     Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Brokers, `host:port[,host:port…]`.
+    #[arg(long, env = "TICKFOLD_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The topic (it must exist).
+    #[arg(long, default_value = "trades")]
+    topic: String,
+    /// Symbols, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "AAPL,MSFT,NVDA,BTC-USD,ETH-USD")]
+    symbols: Vec<String>,
+    /// Trades per second (of event time; of wall time too unless
+    /// --as-fast-as-possible).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How many trades.
+    #[arg(long, default_value_t = 1_000_000)]
+    trades: u64,
+    /// Do not pace to the wall clock: preload as fast as the broker takes it.
+    #[arg(long)]
+    as_fast_as_possible: bool,
+    /// Event time of the first trade, ms since the Unix epoch (default: now).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// The seed: the same seed produces the same trades.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Exec(args) => exec(args),
         Command::Generate(args) => generate(args),
         Command::Replay(args) => replay(args),
+        Command::Produce(args) => produce(args),
     }
 }
 
@@ -296,6 +328,40 @@ fn replay(args: ReplayArgs) -> Result<()> {
     let s = crate::dataflow::replay(&run.input, &plugins, &params, &options, out.clone())?;
     out.lock().map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?.finish()?;
     summary(&run.input, s.rows_in, s.late, s.samples_out, started)
+}
+
+fn produce(args: ProduceArgs) -> Result<()> {
+    let symbols: Vec<String> = args.symbols.into_iter().filter(|s| !s.is_empty()).collect();
+    if symbols.is_empty() {
+        bail!("--symbols is empty; name at least one symbol");
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let options = crate::produce::ProduceOptions {
+        brokers: args.brokers,
+        topic: args.topic,
+        symbols,
+        rate: args.rate,
+        trades: args.trades,
+        start_ms: args.start_ms.unwrap_or(now_ms),
+        seed: args.seed,
+        paced: !args.as_fast_as_possible,
+    };
+    let stats = crate::produce::produce(&options, |sent, elapsed| {
+        eprintln!(
+            "tickfold: produced {sent} trades to `{}` ({:.0}/s)",
+            options.topic,
+            sent as f64 / elapsed.as_secs_f64().max(1e-9)
+        );
+    })?;
+    if stats.failed > 0 {
+        bail!(
+            "{} of {} trades were not acknowledged (first error: {})",
+            stats.failed,
+            stats.sent,
+            stats.first_error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn load_chain(args: &ExecArgs) -> Result<(Vec<LoadedPlugin>, Vec<Vec<crate::plugin::Param>>)> {

@@ -24,5 +24,6 @@ pub mod decode;
 pub mod exec;
 pub mod keys;
 pub mod plugin;
+pub mod produce;
 pub mod source;
 pub mod synthetic;

@@ -6,6 +6,7 @@
 //! | `conformance` | every first-party plugin, built to WebAssembly, against an independent reference on seeded data |
 //! | `cli` | `tickfold check` and `tickfold exec` as a user runs them |
 //! | `author` | a plugin author's workflow: `cargo component new`, the SDK, build, check, exec |
+//! | `kafka` | against a real broker (tansu): `tickfold produce`, read back partition by partition |
 //!
 //! `support` builds the plugins once per run (scripts/build-plugins.sh) and
 //! generates seeded data.
@@ -13,5 +14,6 @@
 mod author;
 mod cli;
 mod conformance;
+mod kafka;
 mod runtime;
 mod support;

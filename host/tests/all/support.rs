@@ -120,3 +120,59 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A real Kafka-protocol broker (tansu, memory storage) on a free loopback
+/// port, stopped when dropped. Installed by scripts/install-services.sh.
+pub struct Tansu {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu is missing: run scripts/install-services.sh");
+        let broker = Tansu { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen on {port} within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// `host:port`, for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new("tansu")
+            .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .output()
+            .expect("running tansu topic create");
+        assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
