@@ -54,14 +54,8 @@ pub fn runtime() -> PluginRuntime {
 
 pub use tickfold::synthetic::Rng;
 
-/// One generated trade.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Trade {
-    pub symbol: String,
-    pub ts: i64,
-    pub price: f64,
-    pub size: f64,
-}
+/// One generated trade: the same type the decoder produces.
+pub use tickfold::decode::Trade;
 
 /// Seeded trades for `symbols`, starting at `start_ms`, in arrival order:
 /// a random walk per symbol, gaps of several minutes with no trades, ties
