@@ -166,6 +166,12 @@ pub fn replay(
             let mut stash: std::collections::BTreeMap<i64, Vec<Vec<Row>>> = Default::default();
             let mut watermark = i64::MIN;
             rows.container::<Vec<Row>>().sink(by_key, "PluginChain", move |(input, frontier)| {
+                let Some(chain) = chain.as_mut() else {
+                    // The chain failed to open (the run reports it): drain
+                    // the input rather than stash a whole file for nothing.
+                    input.for_each(|_, _| {});
+                    return;
+                };
                 input.for_each(|stamp, data| {
                     // Our sources send under a capability, so every message
                     // has a time; one without would claim no progress, and is
@@ -173,7 +179,7 @@ pub fn replay(
                     let time = stamp.least().copied().unwrap_or(i64::MIN);
                     stash.entry(time).or_default().push(std::mem::take(data));
                 });
-                let Some(chain) = chain.as_mut() else { return };
+
                 // Everything stamped below the frontier has arrived.
                 let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
                 let mut sink = Counted { out: &out, written: &samples_out };

@@ -247,5 +247,10 @@ fn a_plugin_that_traps_mid_run_is_reported_by_exec_and_replay() {
             err.contains("tickfold: error:") && err.contains("stopped during process") && err.contains("asked to trap"),
             "{command}: {err}"
         );
+        // Parameters the plugin refuses stop the run before any row.
+        let out = tickfold(&[command, p(&fixture), "--input", p(&csv), "--param", "mode=sideways"]);
+        assert!(!out.status.success(), "{command} should refuse");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad parameters") && err.contains("sideways"), "{command}: {err}");
     }
 }
