@@ -60,6 +60,18 @@ fn ranges(batch: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..SAMPLES).step_by(batch).map(move |s| s..(s + batch).min(SAMPLES))
 }
 
+/// The data cut into batches of `batch` samples, each with the watermark
+/// to advance to after it; `make` builds a batch from keys, times and
+/// columns (the host's and the SDK's `Batch` are different types).
+fn batches<B>(d: &Data, batch: usize, make: impl Fn(Vec<u32>, Vec<i64>, Vec<Vec<f64>>) -> B) -> Vec<(B, i64)> {
+    ranges(batch)
+        .map(|r| {
+            let fields = d.fields.iter().map(|c| c[r.clone()].to_vec()).collect();
+            (make(d.keys[r.clone()].to_vec(), d.ts[r.clone()].to_vec(), fields), d.ts[r.end - 1] - 1_000)
+        })
+        .collect()
+}
+
 fn median(mut runs: Vec<Duration>) -> f64 {
     runs.sort();
     runs[runs.len() / 2].as_nanos() as f64 / SAMPLES as f64
@@ -84,18 +96,7 @@ fn wasm_run<'a>(plugin: &'a LoadedPlugin, params: &'a [(&str, &str)], d: &Data, 
     d.names.iter().for_each(|n| {
         keys.intern(n);
     });
-    let batches: Vec<(plugin::Batch, i64)> = ranges(batch)
-        .map(|r| {
-            let wm = d.ts[r.end - 1] - 1_000;
-            let b = plugin::Batch {
-                series: 0,
-                keys: d.keys[r.clone()].to_vec(),
-                ts: d.ts[r.clone()].to_vec(),
-                fields: d.fields.iter().map(|c| c[r.clone()].to_vec()).collect(),
-            };
-            (b, wm)
-        })
-        .collect();
+    let batches = batches(d, batch, |keys, ts, fields| plugin::Batch { series: 0, keys, ts, fields });
     Box::new(move || {
         let mut inst = plugin.open(&plugin::params(params.iter().copied())).expect("opens");
         let start = Instant::now();
@@ -110,18 +111,7 @@ fn wasm_run<'a>(plugin: &'a LoadedPlugin, params: &'a [(&str, &str)], d: &Data, 
 fn native_run<'a, P: StreamFunction>(params: &'a [(&str, &str)], d: &Data, batch: usize) -> Run<'a> {
     let params: Vec<tickfold_sdk::Param> =
         params.iter().map(|(n, v)| tickfold_sdk::Param { name: n.to_string(), value: v.to_string() }).collect();
-    let batches: Vec<(tickfold_sdk::Batch, i64)> = ranges(batch)
-        .map(|r| {
-            let wm = d.ts[r.end - 1] - 1_000;
-            let b = tickfold_sdk::Batch {
-                series: 0,
-                keys: d.keys[r.clone()].to_vec(),
-                ts: d.ts[r.clone()].to_vec(),
-                fields: d.fields.iter().map(|c| c[r.clone()].to_vec()).collect(),
-            };
-            (b, wm)
-        })
-        .collect();
+    let batches = batches(d, batch, |keys, ts, fields| tickfold_sdk::Batch { series: 0, keys, ts, fields });
     let names: Vec<tickfold_sdk::KeyName> =
         d.names.iter().enumerate().map(|(i, n)| tickfold_sdk::KeyName { id: i as u32, name: n.clone() }).collect();
     Box::new(move || {

@@ -188,7 +188,8 @@ pub fn replay(
                         break;
                     }
                     for rows in entry.remove() {
-                        let fed = chain.feed(rows.iter().map(|(k, ts, v)| (k.as_str(), *ts, v.as_slice())), &mut sink);
+                        let fed =
+                            chain.feed(rows.iter().map(|(k, ts, v)| (k.as_str(), *ts, v.iter().copied())), &mut sink);
                         if let Err(e) = fed {
                             fail(e.into());
                             return;

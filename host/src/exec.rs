@@ -199,8 +199,8 @@ impl Chain {
             self.max_ts = self.max_ts.max(ts);
             on_time.push(i);
         }
-        let values: Vec<Vec<f64>> = on_time.iter().map(|&i| chunk.fields.iter().map(|c| c[i]).collect()).collect();
-        let rows = on_time.iter().zip(&values).map(|(&i, v)| (chunk.symbols[i].as_str(), chunk.ts[i], v.as_slice()));
+        let rows =
+            on_time.iter().map(|&i| (chunk.symbols[i].as_str(), chunk.ts[i], chunk.fields.iter().map(move |c| c[i])));
         self.feed(rows, out)?;
         self.advance(self.watermark(), out)
     }
@@ -208,9 +208,9 @@ impl Chain {
     /// Feeds rows that a source has already let through (the streaming
     /// dataflow decides lateness at its sources), without moving the
     /// watermark.
-    pub fn feed<'r>(
+    pub fn feed<'r, V: IntoIterator<Item = f64>>(
         &mut self,
-        rows: impl IntoIterator<Item = (&'r str, i64, &'r [f64])>,
+        rows: impl IntoIterator<Item = (&'r str, i64, V)>,
         out: &mut dyn OutputWriter,
     ) -> Result<(), ExecError> {
         let fields = self.series[0].fields.len();
@@ -219,7 +219,7 @@ impl Chain {
             input.keys.push(self.keys.intern(symbol));
             input.ts.push(ts);
             for (col, v) in input.fields.iter_mut().zip(values) {
-                col.push(*v);
+                col.push(v);
             }
         }
         self.stats.samples_in += input.len() as u64;
