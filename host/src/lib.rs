@@ -25,5 +25,6 @@ pub mod exec;
 pub mod keys;
 pub mod plugin;
 pub mod produce;
+pub mod sink;
 pub mod source;
 pub mod synthetic;
