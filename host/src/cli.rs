@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::exec::{Chain, CsvWriter, JsonlWriter, OutputWriter, assign_params};
+use crate::exec::{Chain, CsvWriter, JsonlWriter, OutputWriter, StageSpec, assign_params};
 use crate::plugin::{Descriptor, LoadedPlugin, PluginRuntime, SandboxLimits, SeriesDecl};
 use crate::source::file::FileSource;
 
@@ -325,7 +325,12 @@ fn replay(args: ReplayArgs) -> Result<()> {
         batch_rows: run.batch_rows,
         report_all: run.all_stages,
     };
-    let s = crate::dataflow::replay(&run.input, &plugins, &params, &options, out.clone())?;
+    let stages: Vec<StageSpec> = plugins
+        .into_iter()
+        .zip(params)
+        .map(|(plugin, params)| StageSpec { plugin, params, input: None, rename: Default::default() })
+        .collect();
+    let s = crate::dataflow::replay(&run.input, &stages, &options, out.clone())?;
     out.lock().map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?.finish()?;
     summary(&run.input, s.rows_in, s.late, s.samples_out, started)
 }

@@ -1,52 +1,112 @@
-//! The timely dataflow: samples from a source, exchanged by key among the
-//! workers, through each worker's plugin chain, to an output.
+//! The timely dataflow: rows from a source, exchanged by key among the
+//! workers, through each worker's plugin DAG, to its sinks.
 //!
 //! Timely timestamps are event time. A source decides lateness (a row below
-//! its watermark on arrival is late, counted and left out), sends each chunk
+//! its watermark on arrival is late, counted and left out), sends each batch
 //! at the watermark it had when it read it (so there are as few distinct
-//! timely times as chunks, not as samples), and then holds its capability at
+//! timely times as batches, not as rows), and then holds its capability at
 //! the new watermark. The frontier a plugin chain sees is therefore the
-//! source's watermark: when it passes a time, every row sent at that time
+//! sources' watermark: when it passes a time, every row sent at that time
 //! has arrived, and the chain's watermark moves to the frontier.
 //!
 //! Rows are exchanged by a hash of their key, so each key lives on exactly
-//! one worker, and its rows arrive there in the order the source read them:
-//! each worker's chain sees what `exec` would have seen for its keys.
+//! one worker, and its rows arrive there in the order its partition holds
+//! them: each worker's chain sees what `exec` would have seen for its keys.
 //!
-//! Today the source is a file (`tickfold replay`); Kafka partitions, one
-//! reader per partition spread over the workers, come next (issue 4).
+//! Two sources feed the same operators: a file ([`replay`], worker 0 reads
+//! it) and a Kafka topic ([`run`], every worker reads the partitions it
+//! owns, with a watermark per partition and idle partitions let go).
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::generic::operator::source;
 
-use crate::exec::{Chain, ExecError, OutputWriter};
-use crate::plugin::{LoadedPlugin, Param};
+use crate::decode::Decoder;
+use crate::exec::{Chain, ExecError, StageSpec};
+use crate::sink::{Fanout, SharedWriter, SinkError};
+use crate::source::Row;
 use crate::source::file::{FileError, FileSource};
-
-/// A row on its way from a source to a plugin chain: key, event time, fields.
-type Row = (String, i64, Vec<f64>);
+use crate::source::kafka::{
+    self, DeadLetters, KafkaSourceError, PartitionReader, ReaderOptions, SourceCounters, Start,
+};
 
 /// What went wrong in a dataflow run.
 #[derive(Debug, thiserror::Error)]
 pub enum DataflowError {
-    /// The input could not be read.
+    /// The input file could not be read.
     #[error(transparent)]
-    Source(#[from] FileError),
+    File(#[from] FileError),
+    /// Kafka could not be read.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSourceError),
     /// A plugin chain failed (or could not be wired).
     #[error(transparent)]
     Chain(#[from] ExecError),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     /// Timely could not start its workers.
     #[error("starting {workers} workers: {reason}")]
     Workers { workers: usize, reason: String },
 }
 
-/// How to run a replay.
+/// What every worker runs, whatever the source.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// The plugin DAG.
+    pub stages: Vec<StageSpec>,
+    /// The input series' name (`trades`) and fields.
+    pub input_name: String,
+    pub input_fields: Vec<String>,
+    /// Hand the input rows to sinks that keep raw data (the archive).
+    pub keep_input: bool,
+    /// Write every stage's outputs, not only the last stage's.
+    pub report_all: bool,
+}
+
+/// Makes worker `index`'s writers on every sink.
+pub type SinkFactory = Arc<dyn Fn(usize) -> Result<Fanout, SinkError> + Send + Sync>;
+
+/// Counts of a run, shared by its workers (and readable while it runs).
+#[derive(Debug, Default)]
+pub struct RunCounters {
+    /// The sources' counts.
+    pub source: Arc<SourceCounters>,
+    /// Output samples written to the sinks.
+    pub samples_out: AtomicU64,
+    /// The lowest watermark any worker has reached (`i64::MIN` until all
+    /// have one).
+    pub watermark: std::sync::atomic::AtomicI64,
+}
+
+/// State every worker of a run shares.
+struct Shared {
+    counters: Arc<RunCounters>,
+    failure: Mutex<Option<DataflowError>>,
+    /// Stop reading; do not close open windows (the host is stopping, not
+    /// at the end of its input).
+    interrupted: Arc<AtomicBool>,
+    /// Per worker, the watermark it has reached.
+    watermarks: Mutex<Vec<i64>>,
+}
+
+impl Shared {
+    fn fail(&self, e: impl Into<DataflowError>) {
+        self.failure.lock().expect("failure lock").get_or_insert(e.into());
+        // One failure stops every worker's source.
+        self.interrupted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How to run a replay over a file.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
     /// Worker threads.
@@ -59,7 +119,7 @@ pub struct ReplayOptions {
     pub report_all: bool,
 }
 
-/// Counts from a run.
+/// Counts from a replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplayStats {
     /// Rows the source read.
@@ -71,7 +131,7 @@ pub struct ReplayStats {
 }
 
 /// An output shared by every worker.
-pub type SharedOutput = Arc<Mutex<Box<dyn OutputWriter + Send>>>;
+pub type SharedOutput = Arc<Mutex<Box<dyn crate::exec::OutputWriter + Send>>>;
 
 /// Runs the plugin chain over `input` on `options.workers` threads, writing
 /// outputs to `out`. The same chain, parameters and watermark lag give the
@@ -79,41 +139,42 @@ pub type SharedOutput = Arc<Mutex<Box<dyn OutputWriter + Send>>>;
 /// interleave differently).
 pub fn replay(
     input: &Path,
-    plugins: &[LoadedPlugin],
-    params: &[Vec<Param>],
+    stages: &[StageSpec],
     options: &ReplayOptions,
     out: SharedOutput,
 ) -> Result<ReplayStats, DataflowError> {
     // The chain is wired to the file's fields; read them once up front.
     let fields = FileSource::open(input, 1)?.fields().to_vec();
+    let pipeline = Pipeline {
+        stages: stages.to_vec(),
+        input_name: "input".into(),
+        input_fields: fields,
+        keep_input: false,
+        report_all: options.report_all,
+    };
+    let sinks: SinkFactory = Arc::new(move |_| {
+        let mut fanout = Fanout::default();
+        fanout.add(Box::new(SharedWriter(out.clone())), Vec::new());
+        Ok(fanout)
+    });
+    let shared = Arc::new(Shared {
+        counters: Arc::default(),
+        failure: Mutex::new(None),
+        interrupted: Arc::default(),
+        watermarks: Mutex::new(vec![i64::MIN; options.workers.max(1)]),
+    });
     let input: PathBuf = input.to_path_buf();
-    let (plugins, params, options) = (plugins.to_vec(), params.to_vec(), options.clone());
-    let rows_in = Arc::new(AtomicU64::new(0));
-    let late = Arc::new(AtomicU64::new(0));
-    let samples_out = Arc::new(AtomicU64::new(0));
-    let failure: Arc<Mutex<Option<DataflowError>>> = Arc::new(Mutex::new(None));
+    let (lag, batch_rows) = (options.watermark_lag_ms, options.batch_rows);
     let workers = options.workers.max(1);
-
-    let (r, l, s, f) = (rows_in.clone(), late.clone(), samples_out.clone(), failure.clone());
+    let s = shared.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
-        let (rows_in, late, samples_out, failure) = (r.clone(), l.clone(), s.clone(), f.clone());
-        let fail = move |e: DataflowError| {
-            failure.lock().expect("failure lock").get_or_insert(e);
-        };
-        let chain = Chain::open(&plugins, &params, &fields, 0, options.report_all);
-        let mut chain = match chain {
-            Ok(c) => Some(c),
-            Err(e) => {
-                fail(e.into());
-                None
-            }
-        };
-        let (input, lag, batch_rows) = (input.clone(), options.watermark_lag_ms, options.batch_rows);
-        let fail_source = fail.clone();
-        let out = out.clone();
-        worker.dataflow::<i64, _, _>(move |scope| {
-            let rows = source(scope, &format!("FileSource({})", input.display()), |capability, info| {
+        let shared = s.clone();
+        let input = input.clone();
+        let fanout = (sinks)(index);
+        worker.dataflow::<i64, _, _>(|scope| {
+            let src_shared = shared.clone();
+            let rows = source(scope, &format!("FileSource({})", input.display()), move |capability, info| {
                 let activator = scope.activator_for(info.address);
                 // Worker 0 reads the file; the others have no rows to send
                 // and let their capability go at once.
@@ -121,31 +182,44 @@ pub fn replay(
                 if index == 0 {
                     match FileSource::open(&input, batch_rows) {
                         Ok(r) => reader = Some(r),
-                        Err(e) => fail_source(e.into()),
+                        Err(e) => src_shared.fail(e),
                     }
                 }
                 // Held at the source's watermark; released at the end of
                 // the file, which lets every window close.
                 let mut capability = reader.is_some().then_some(capability);
                 let mut max_ts = i64::MIN;
+                let mut row_number = 0i64;
+                let shared = src_shared;
                 move |output| {
                     let (Some(cap), Some(file)) = (capability.as_mut(), reader.as_mut()) else {
                         capability = None;
                         return;
                     };
+                    if shared.interrupted.load(Ordering::Relaxed) {
+                        capability = None;
+                        return;
+                    }
+                    let counters = &shared.counters.source;
                     match file.next_chunk() {
                         Ok(Some(chunk)) => {
                             let mut session = output.session(&cap);
                             for i in 0..chunk.len() {
-                                rows_in.fetch_add(1, Ordering::Relaxed);
+                                counters.records.fetch_add(1, Ordering::Relaxed);
+                                row_number += 1;
                                 let ts = chunk.ts[i];
                                 if ts < max_ts.saturating_sub(lag) {
-                                    late.fetch_add(1, Ordering::Relaxed);
+                                    counters.late.fetch_add(1, Ordering::Relaxed);
                                     continue;
                                 }
                                 max_ts = max_ts.max(ts);
-                                let values = chunk.fields.iter().map(|c| c[i]).collect();
-                                session.give((chunk.symbols[i].clone(), ts, values));
+                                session.give(Row {
+                                    key: chunk.symbols[i].clone(),
+                                    ts,
+                                    values: chunk.fields.iter().map(|c| c[i]).collect(),
+                                    partition: -1,
+                                    offset: row_number - 1,
+                                });
                             }
                             drop(session);
                             let watermark = max_ts.saturating_sub(lag);
@@ -156,67 +230,304 @@ pub fn replay(
                         }
                         Ok(None) => capability = None,
                         Err(e) => {
-                            fail_source(e.into());
+                            shared.fail(e);
                             capability = None;
                         }
                     }
                 }
             });
-            let by_key = Exchange::new(|row: &Row| key_hash(&row.0));
-            let mut stash: std::collections::BTreeMap<i64, Vec<Vec<Row>>> = Default::default();
-            let mut watermark = i64::MIN;
-            rows.container::<Vec<Row>>().sink(by_key, "PluginChain", move |(input, frontier)| {
-                let Some(chain) = chain.as_mut() else {
-                    // The chain failed to open (the run reports it): drain
-                    // the input rather than stash a whole file for nothing.
-                    input.for_each(|_, _| {});
-                    return;
-                };
-                input.for_each(|stamp, data| {
-                    // Our sources send under a capability, so every message
-                    // has a time; one without would claim no progress, and is
-                    // due at once.
-                    let time = stamp.least().copied().unwrap_or(i64::MIN);
-                    stash.entry(time).or_default().push(std::mem::take(data));
-                });
-
-                // Everything stamped below the frontier has arrived.
-                let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
-                let mut sink = Counted { out: &out, written: &samples_out };
-                while let Some(entry) = stash.first_entry() {
-                    if *entry.key() >= complete {
-                        break;
-                    }
-                    for rows in entry.remove() {
-                        let fed =
-                            chain.feed(rows.iter().map(|(k, ts, v)| (k.as_str(), *ts, v.iter().copied())), &mut sink);
-                        if let Err(e) = fed {
-                            fail(e.into());
-                            return;
-                        }
-                    }
-                }
-                if complete > watermark {
-                    watermark = complete;
-                    if let Err(e) = chain.advance(watermark, &mut sink) {
-                        fail(e.into());
-                    }
-                }
-            });
+            process(rows, index, &pipeline, fanout, shared.clone());
         });
     })
     .map_err(|reason| DataflowError::Workers { workers, reason })?;
     for result in guards.join() {
         result.map_err(|reason| DataflowError::Workers { workers, reason })?;
     }
-    if let Some(e) = failure.lock().expect("failure lock").take() {
+    if let Some(e) = shared.failure.lock().expect("failure lock").take() {
         return Err(e);
     }
+    let c = &shared.counters;
     Ok(ReplayStats {
-        rows_in: rows_in.load(Ordering::Relaxed),
-        late: late.load(Ordering::Relaxed),
-        samples_out: samples_out.load(Ordering::Relaxed),
+        rows_in: c.source.records.load(Ordering::Relaxed),
+        late: c.source.late.load(Ordering::Relaxed),
+        samples_out: c.samples_out.load(Ordering::Relaxed),
     })
+}
+
+/// How to run the host over a Kafka topic.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub workers: usize,
+    pub reader: ReaderOptions,
+    pub decoder: Decoder,
+    /// Where each partition starts.
+    pub start: Start,
+    /// The dead-letter topic (`None`: malformed records are only counted).
+    pub dead_letter_topic: Option<String>,
+    /// End once every partition is at its end and quiet this long.
+    pub stop_when_idle: Option<Duration>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub partitions: usize,
+    pub records: u64,
+    pub trades: u64,
+    pub malformed: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    /// Dead letters the broker did not take.
+    pub dead_letters_failed: u64,
+    pub samples_out: u64,
+    /// Per partition, the next offset to read.
+    pub positions: BTreeMap<i32, i64>,
+}
+
+/// Runs the pipeline over every partition of the topic until the input
+/// ends (`stop_when_idle`) or `interrupted` is set. On interruption, open
+/// windows stay open (they are not final), and the sinks write what they
+/// hold.
+pub fn run(
+    options: &RunOptions,
+    pipeline: &Pipeline,
+    sinks: SinkFactory,
+    counters: Arc<RunCounters>,
+    interrupted: Arc<AtomicBool>,
+) -> Result<RunStats, DataflowError> {
+    let reader = &options.reader;
+    let partitions = kafka::partition_count(&reader.brokers, &reader.topic)?;
+    let dead_letters = match &options.dead_letter_topic {
+        Some(topic) => Some(Arc::new(DeadLetters::new(&reader.brokers, topic, &reader.topic, &reader.options)?)),
+        None => None,
+    };
+    let workers = options.workers.max(1);
+    tracing::info!(
+        topic = %reader.topic, partitions, workers,
+        "reading {partitions} partitions on {workers} workers"
+    );
+    let shared = Arc::new(Shared {
+        counters: counters.clone(),
+        failure: Mutex::new(None),
+        interrupted,
+        watermarks: Mutex::new(vec![i64::MIN; workers]),
+    });
+    // Every partition's watermark (`None` while idle), for workers whose
+    // own partitions have all gone idle.
+    let partition_watermarks: Arc<Mutex<BTreeMap<i32, Option<i64>>>> = Arc::default();
+    let positions: Arc<Mutex<BTreeMap<i32, i64>>> = Arc::default();
+    let (s, o, p, dl, pw, pos) = (
+        shared.clone(),
+        options.clone(),
+        pipeline.clone(),
+        dead_letters.clone(),
+        partition_watermarks.clone(),
+        positions.clone(),
+    );
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let shared = s.clone();
+        let options = o.clone();
+        let fanout = (sinks)(index);
+        let (dead_letters, partition_watermarks, positions) = (dl.clone(), pw.clone(), pos.clone());
+        worker.dataflow::<i64, _, _>(|scope| {
+            let src_shared = shared.clone();
+            let mine: Vec<(i32, Start)> =
+                kafka::owned_partitions(partitions, index, workers).into_iter().map(|p| (p, options.start)).collect();
+            let rows = source(scope, &format!("Kafka({})", options.reader.topic), move |capability, info| {
+                let activator = scope.activator_for(info.address.clone());
+                let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                let on_data = move || {
+                    let _ = wake.activate();
+                };
+                let shared = src_shared;
+                let mut reader = None;
+                if !mine.is_empty() {
+                    let opened = PartitionReader::open(
+                        options.reader.clone(),
+                        &mine,
+                        options.decoder.clone(),
+                        dead_letters,
+                        shared.counters.source.clone(),
+                        on_data,
+                    );
+                    match opened {
+                        Ok(r) => reader = Some(r),
+                        Err(e) => shared.fail(e),
+                    }
+                }
+                // A worker without partitions never sends: it lets go of
+                // its capability at once.
+                let mut capability = reader.is_some().then_some(capability);
+                let mut batch: Vec<Row> = Vec::new();
+                let stop_when_idle = options.stop_when_idle;
+                move |output| {
+                    let (Some(cap), Some(reader)) = (capability.as_mut(), reader.as_mut()) else {
+                        capability = None;
+                        return;
+                    };
+                    if shared.interrupted.load(Ordering::Relaxed) {
+                        record_positions(&positions, reader);
+                        capability = None;
+                        return;
+                    }
+                    let floor = *cap.time();
+                    let read = reader.poll(floor, &mut batch);
+                    if !batch.is_empty() {
+                        output.session(&cap).give_iterator(batch.drain(..));
+                    }
+                    let now = Instant::now();
+                    let target = {
+                        let mut all = partition_watermarks.lock().expect("watermarks lock");
+                        for (p, w) in reader.partition_watermarks(now) {
+                            all.insert(p, w);
+                        }
+                        // All of ours idle: follow the slowest active
+                        // partition of the others, so we do not hold them
+                        // back; a partition that wakes up below it sends
+                        // its old trades to the dead-letter topic as late.
+                        reader.watermark(now).or_else(|| all.values().flatten().min().copied())
+                    };
+                    if let Some(w) = target
+                        && w > *cap.time()
+                    {
+                        cap.downgrade(&w);
+                    }
+                    if stop_when_idle.is_some_and(|quiet| reader.drained(now, quiet)) {
+                        record_positions(&positions, reader);
+                        capability = None;
+                        return;
+                    }
+                    if read > 0 {
+                        activator.activate();
+                    } else {
+                        // Records wake us through the queue callback; this
+                        // tick keeps idleness and shutdown checks going.
+                        activator.activate_after(Duration::from_millis(50));
+                    }
+                }
+            });
+            process(rows, index, &p, fanout, shared.clone());
+        });
+    })
+    .map_err(|reason| DataflowError::Workers { workers, reason })?;
+    for result in guards.join() {
+        result.map_err(|reason| DataflowError::Workers { workers, reason })?;
+    }
+    let mut dead_letters_failed = 0;
+    if let Some(dl) = &dead_letters {
+        if let Err(e) = dl.flush(Duration::from_secs(30)) {
+            tracing::error!("dead letters not acknowledged within 30 s: {e}");
+        }
+        dead_letters_failed = dl.failed();
+    }
+    if let Some(e) = shared.failure.lock().expect("failure lock").take() {
+        return Err(e);
+    }
+    let c = &counters.source;
+    Ok(RunStats {
+        partitions,
+        records: c.records.load(Ordering::Relaxed),
+        trades: c.trades.load(Ordering::Relaxed),
+        malformed: c.malformed.load(Ordering::Relaxed),
+        late: c.late.load(Ordering::Relaxed),
+        dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        dead_letters_failed,
+        samples_out: counters.samples_out.load(Ordering::Relaxed),
+        positions: positions.lock().expect("positions lock").clone(),
+    })
+}
+
+fn record_positions(positions: &Mutex<BTreeMap<i32, i64>>, reader: &PartitionReader) {
+    positions.lock().expect("positions lock").extend(reader.positions());
+}
+
+/// Exchanges rows by key and runs worker `index`'s plugin chain over them
+/// as the frontier lets them through, writing to its sinks.
+fn process<'scope>(
+    rows: Stream<'scope, i64, Vec<Row>>,
+    index: usize,
+    pipeline: &Pipeline,
+    fanout: Result<Fanout, SinkError>,
+    shared: Arc<Shared>,
+) {
+    let chain = Chain::open_dag(&pipeline.stages, &pipeline.input_name, &pipeline.input_fields, 0, pipeline.report_all);
+    let mut state = match (chain, fanout) {
+        (Ok(chain), Ok(fanout)) => Some((chain, fanout)),
+        (Err(e), _) => {
+            shared.fail(e);
+            None
+        }
+        (_, Err(e)) => {
+            shared.fail(e);
+            None
+        }
+    };
+    let (input_name, input_fields, keep_input) =
+        (pipeline.input_name.clone(), pipeline.input_fields.clone(), pipeline.keep_input);
+    let by_key = Exchange::new(|row: &Row| key_hash(&row.key));
+    let mut stash: BTreeMap<i64, Vec<Vec<Row>>> = BTreeMap::new();
+    let mut watermark = i64::MIN;
+    let mut finished = false;
+    rows.container::<Vec<Row>>().sink(by_key, "PluginChain", move |(input, frontier)| {
+        let Some((chain, fanout)) = state.as_mut().filter(|_| !finished) else {
+            // The chain failed to open (the run reports it), or the stream
+            // ended: drain the input rather than stash it for nothing.
+            input.for_each(|_, _| {});
+            return;
+        };
+        input.for_each(|stamp, data| {
+            // Our sources send under a capability, so every message has a
+            // time; one without would claim no progress, and is due at once.
+            let time = stamp.least().copied().unwrap_or(i64::MIN);
+            stash.entry(time).or_default().push(std::mem::take(data));
+        });
+
+        // Everything stamped below the frontier has arrived.
+        let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
+        let step = (|| -> Result<(), DataflowError> {
+            while let Some(entry) = stash.first_entry() {
+                if *entry.key() >= complete {
+                    break;
+                }
+                for rows in entry.remove() {
+                    if keep_input {
+                        for row in &rows {
+                            fanout.write_input(&input_name, &input_fields, row)?;
+                        }
+                    }
+                    let before = fanout.written;
+                    chain.feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
+                    shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
+                }
+            }
+            if complete > watermark {
+                watermark = complete;
+                let before = fanout.written;
+                if complete == i64::MAX && shared.interrupted.load(Ordering::Relaxed) {
+                    // Stopping, not at the end of the input: open windows
+                    // are not final, so they are not closed and written.
+                } else {
+                    chain.advance(watermark, fanout)?;
+                    fanout.advance(watermark)?;
+                }
+                shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
+                let mut all = shared.watermarks.lock().expect("watermarks lock");
+                all[index] = watermark;
+                let lowest = all.iter().copied().min().unwrap_or(i64::MIN);
+                shared.counters.watermark.store(lowest, Ordering::Relaxed);
+            }
+            if complete == i64::MAX {
+                fanout.finish_sinks()?;
+                finished = true;
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            shared.fail(e);
+            finished = true;
+        }
+    });
 }
 
 /// The worker a key goes to is a pure function of the key.
@@ -225,21 +536,4 @@ fn key_hash(key: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     h.finish()
-}
-
-/// Writes to the shared output and counts what it wrote.
-struct Counted<'a> {
-    out: &'a SharedOutput,
-    written: &'a AtomicU64,
-}
-
-impl OutputWriter for Counted<'_> {
-    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()> {
-        self.written.fetch_add(1, Ordering::Relaxed);
-        self.out.lock().expect("output lock").write(series, fields, symbol, ts, values)
-    }
-
-    fn finish(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -36,6 +36,9 @@ pub enum ExecError {
     /// A `--param` names no stage, or a parameter no stage declares.
     #[error("{0}")]
     BadParam(String),
+    /// A stage's configured input or renames do not fit the plugin.
+    #[error("{0}")]
+    BadInput(String),
     /// A plugin failed.
     #[error(transparent)]
     Plugin(#[from] plugin::Error),
@@ -120,6 +123,18 @@ pub fn assign_params(plugins: &[LoadedPlugin], given: &[(String, String)]) -> Re
     Ok(per_stage)
 }
 
+/// One stage of a DAG: a plugin, its parameters, and optionally the series
+/// each of its inputs reads and new names for its outputs.
+#[derive(Clone)]
+pub struct StageSpec {
+    pub plugin: LoadedPlugin,
+    pub params: Vec<Param>,
+    /// Series names, one per declared input; `None` wires by fields.
+    pub input: Option<Vec<String>>,
+    /// Output series renamed: plugin's name → name in the sinks.
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
 /// A chain of plugin instances wired to an input's fields.
 pub struct Chain {
     stages: Vec<Stage>,
@@ -143,26 +158,82 @@ impl Chain {
         lag_ms: i64,
         report_all: bool,
     ) -> Result<Self, ExecError> {
-        let mut series = vec![Series { name: "input".into(), fields: input_fields.to_vec(), stage: None }];
-        let mut stages = Vec::with_capacity(plugins.len());
-        for (i, plugin) in plugins.iter().enumerate() {
-            let instance = plugin.open(&params[i])?;
-            let wires = instance
-                .inputs()
+        let stages: Vec<StageSpec> = plugins
+            .iter()
+            .zip(params)
+            .map(|(plugin, params)| StageSpec {
+                plugin: plugin.clone(),
+                params: params.clone(),
+                input: None,
+                rename: Default::default(),
+            })
+            .collect();
+        Self::open_dag(&stages, "input", input_fields, lag_ms, report_all)
+    }
+
+    /// Opens a DAG of stages over an input series called `input_name`.
+    /// A stage reads the series its spec names, or else the newest series
+    /// with the fields it declares; its outputs may be renamed.
+    pub fn open_dag(
+        specs: &[StageSpec],
+        input_name: &str,
+        input_fields: &[String],
+        lag_ms: i64,
+        report_all: bool,
+    ) -> Result<Self, ExecError> {
+        let mut series = vec![Series { name: input_name.into(), fields: input_fields.to_vec(), stage: None }];
+        let mut stages = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let plugin = &spec.plugin;
+            let instance = plugin.open(&spec.params)?;
+            let declared = instance.inputs();
+            if let Some(named) = &spec.input
+                && named.len() != declared.len()
+            {
+                return Err(ExecError::BadInput(format!(
+                    "stage {i} (`{}`) has {} input(s) ({}), but the config names {} series ({})",
+                    plugin.label(),
+                    declared.len(),
+                    declared.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "),
+                    named.len(),
+                    named.join(", ")
+                )));
+            }
+            let wires = declared
                 .iter()
                 .enumerate()
-                .map(|(input, decl)| wire(i, plugin, input as u32, decl, &series))
+                .map(|(input, decl)| {
+                    let named = spec.input.as_ref().map(|n| n[input].as_str());
+                    wire(i, plugin, input as u32, decl, named, &series)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
+            for from in spec.rename.keys() {
+                if !instance.outputs().iter().any(|o| &o.name == from) {
+                    return Err(ExecError::BadInput(format!(
+                        "stage {i} (`{}`) renames `{from}`, but writes no such series (it writes: {})",
+                        plugin.label(),
+                        instance.outputs().iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
             let mut outputs = Vec::new();
             for out in instance.outputs() {
-                let taken = series.iter().any(|s| s.name == out.name);
-                let name = if taken { format!("{}.{}", i, out.name) } else { out.name.clone() };
+                let name = spec.rename.get(&out.name).cloned().unwrap_or_else(|| out.name.clone());
+                let taken = series.iter().any(|s| s.name == name);
+                if taken && spec.rename.contains_key(&out.name) {
+                    return Err(ExecError::BadInput(format!(
+                        "stage {i} (`{}`) renames `{}` to `{name}`, which an earlier series is already called",
+                        plugin.label(),
+                        out.name
+                    )));
+                }
+                let name = if taken { format!("{i}.{name}") } else { name };
                 outputs.push(series.len());
                 series.push(Series { name, fields: out.fields.clone(), stage: Some(i) });
             }
             stages.push(Stage { instance, wires, outputs });
         }
-        let last = plugins.len().saturating_sub(1);
+        let last = specs.len().saturating_sub(1);
         let report = series.iter().map(|s| s.stage.is_some_and(|st| report_all || st == last)).collect();
         Ok(Chain {
             stages,
@@ -289,14 +360,37 @@ fn wire(
     plugin: &LoadedPlugin,
     input: u32,
     decl: &SeriesDecl,
+    named: Option<&str>,
     series: &[Series],
 ) -> Result<Wire, ExecError> {
+    let columns_in = |s: &Series| -> Option<Vec<usize>> {
+        decl.fields.iter().map(|f| s.fields.iter().position(|have| have == f)).collect()
+    };
+    let listing =
+        || series.iter().map(|s| format!("{} ({})", s.name, s.fields.join(", "))).collect::<Vec<_>>().join("; ");
+    if let Some(name) = named {
+        let Some((id, s)) = series.iter().enumerate().rev().find(|(_, s)| s.name == name) else {
+            return Err(ExecError::BadInput(format!(
+                "stage {stage} (`{}`) reads series `{name}`, which nothing before it writes (available: {})",
+                plugin.label(),
+                listing()
+            )));
+        };
+        return match columns_in(s) {
+            Some(columns) => Ok(Wire { source: id, input, columns }),
+            None => Err(ExecError::Unwired {
+                stage,
+                plugin: plugin.label(),
+                input: decl.name.clone(),
+                needed: decl.fields.clone(),
+                available: format!("{} ({})", s.name, s.fields.join(", ")),
+            }),
+        };
+    }
     // Newest series first: the previous stage's outputs, then earlier ones,
     // then the input file.
     for (id, s) in series.iter().enumerate().rev() {
-        let columns: Option<Vec<usize>> =
-            decl.fields.iter().map(|f| s.fields.iter().position(|have| have == f)).collect();
-        if let Some(columns) = columns {
+        if let Some(columns) = columns_in(s) {
             return Ok(Wire { source: id, input, columns });
         }
     }
@@ -305,11 +399,7 @@ fn wire(
         plugin: plugin.label(),
         input: decl.name.clone(),
         needed: decl.fields.clone(),
-        available: series
-            .iter()
-            .map(|s| format!("{} ({})", s.name, s.fields.join(", ")))
-            .collect::<Vec<_>>()
-            .join("; "),
+        available: listing(),
     })
 }
 

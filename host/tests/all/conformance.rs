@@ -127,11 +127,11 @@ fn trade_rows(trades: &[Trade]) -> Rows {
     trades.iter().map(|t| (t.symbol.clone(), t.ts, vec![t.price, t.size])).collect()
 }
 
-fn ref_trades(trades: &[Trade]) -> Vec<market::Trade> {
+pub fn ref_trades(trades: &[Trade]) -> Vec<market::Trade> {
     trades.iter().map(|t| market::Trade { key: t.symbol.clone(), ts: t.ts, price: t.price, size: t.size }).collect()
 }
 
-fn bars_as_out(bars: &market::Bars) -> Vec<Out> {
+pub fn bars_as_out(bars: &market::Bars) -> Vec<Out> {
     bars.bars
         .iter()
         .map(|b| Out {

@@ -1,0 +1,466 @@
+//! Kafka partitions: read side by side, decoded, each with its own
+//! watermark; what cannot be used goes to the dead-letter topic.
+//!
+//! One [`PartitionReader`] per worker reads the partitions that worker owns
+//! (ownership is a pure function of partition and worker count, and
+//! partitions are `assign`ed, not subscribed: a restarted host gets them at
+//! once instead of waiting out a dead member's session). Each partition has
+//! its own queue, and a poll takes at most `max_batch` records from each in
+//! turn: librdkafka left to itself hands over one partition's whole backlog
+//! before the next, which would hold every other partition's data back
+//! behind the slowest watermark.
+//!
+//! Per partition, the watermark is its newest event time minus the allowed
+//! lateness; a trade below it (or below what the worker has already
+//! promised downstream) is late. The worker's watermark is the minimum
+//! over its partitions that are not idle.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::decode::{Decoder, Trade};
+use crate::source::Row;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+/// Something that stopped the source.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// A client could not be made or could not reach the brokers.
+    #[error("Kafka at {brokers}: {what}: {source}; check `[kafka] brokers` and that the broker is up")]
+    Client { brokers: String, what: &'static str, source: KafkaError },
+    /// The topic does not exist.
+    #[error(
+        "topic `{topic}` does not exist on {brokers}; create it (e.g. `tansu topic create {topic} --partitions 4`) or fix `[kafka] topic`"
+    )]
+    NoTopic { topic: String, brokers: String },
+}
+
+/// Where a partition starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest record.
+    Earliest,
+    /// Records appended from now on.
+    Latest,
+    /// The group's committed offset, else the oldest.
+    Committed,
+    /// This offset (a checkpoint's).
+    At(i64),
+}
+
+/// What a partition reader needs to know.
+#[derive(Clone, Debug)]
+pub struct ReaderOptions {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub allowed_lateness_ms: i64,
+    pub idle_timeout: Duration,
+    pub max_batch: usize,
+    /// Late trades go to the dead-letter topic (else they are dropped).
+    pub dead_letter_late: bool,
+    /// librdkafka settings over ours.
+    pub options: BTreeMap<String, String>,
+}
+
+/// Counts shared by every reader of a run.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Trades decoded and sent on.
+    pub trades: AtomicU64,
+    /// Records that could not be decoded.
+    pub malformed: AtomicU64,
+    /// Trades below their partition's watermark.
+    pub late: AtomicU64,
+    /// Records sent to the dead-letter topic (malformed and late).
+    pub dead_lettered: AtomicU64,
+}
+
+/// The number of partitions of `topic`.
+pub fn partition_count(brokers: &str, topic: &str) -> Result<usize, KafkaSourceError> {
+    let client = |what, source| KafkaSourceError::Client { brokers: brokers.to_string(), what, source };
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| client("creating a client", e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| client("reading the topic's metadata", e))?;
+    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(KafkaSourceError::NoTopic { topic: topic.into(), brokers: brokers.into() });
+    }
+    Ok(partitions)
+}
+
+/// The partitions worker `index` of `workers` reads.
+pub fn owned_partitions(partitions: usize, index: usize, workers: usize) -> Vec<i32> {
+    (0..partitions).filter(|p| p % workers == index).map(|p| p as i32).collect()
+}
+
+/// One partition's progress.
+struct Partition {
+    id: i32,
+    queue: PartitionQueue<DefaultConsumerContext>,
+    /// Newest event time seen.
+    max_ts: i64,
+    /// Offset of the next record to read, once one has been read.
+    next_offset: Option<i64>,
+    /// When a record last arrived (or the reader started).
+    last_record: Instant,
+    /// The broker said we are at the end (until the next record).
+    at_end: bool,
+}
+
+impl Partition {
+    fn watermark(&self, lateness: i64) -> i64 {
+        self.max_ts.saturating_sub(lateness)
+    }
+}
+
+/// Reads one worker's partitions.
+pub struct PartitionReader {
+    consumer: Arc<BaseConsumer>,
+    partitions: Vec<Partition>,
+    options: ReaderOptions,
+    decoder: Decoder,
+    dead_letters: Option<Arc<DeadLetters>>,
+    counters: Arc<SourceCounters>,
+    /// Turn to start the next poll at, so no partition is always first.
+    turn: usize,
+    decoded: Vec<Trade>,
+}
+
+impl PartitionReader {
+    /// Assigns `partitions` of the topic to a new consumer, starting each
+    /// as `start` says. `on_data` is called (from librdkafka's thread) when
+    /// a partition's queue gets records, to wake the worker.
+    pub fn open(
+        options: ReaderOptions,
+        partitions: &[(i32, Start)],
+        decoder: Decoder,
+        dead_letters: Option<Arc<DeadLetters>>,
+        counters: Arc<SourceCounters>,
+        on_data: impl Fn() + Send + Sync + Clone + 'static,
+    ) -> Result<Self, KafkaSourceError> {
+        let client = |what, source| KafkaSourceError::Client { brokers: options.brokers.clone(), what, source };
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &options.brokers)
+            .set("group.id", &options.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            // Fetch big and keep a deep local queue: with librdkafka's
+            // defaults a consumer drains small records several times slower
+            // than the broker serves them (see DESIGN.md).
+            .set("fetch.max.bytes", "67108864")
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("queued.min.messages", "500000")
+            .set("queued.max.messages.kbytes", "262144")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "1");
+        for (k, v) in &options.options {
+            config.set(k, v);
+        }
+        let consumer: Arc<BaseConsumer> = Arc::new(config.create().map_err(|e| client("creating a consumer", e))?);
+        let mut assignment = TopicPartitionList::new();
+        for &(p, start) in partitions {
+            let offset = match start {
+                Start::Earliest => Offset::Beginning,
+                Start::Latest => Offset::End,
+                Start::Committed => Offset::Stored,
+                Start::At(o) => Offset::Offset(o),
+            };
+            assignment.add_partition_offset(&options.topic, p, offset).map_err(|e| client("assigning", e))?;
+        }
+        consumer.assign(&assignment).map_err(|e| client("assigning partitions", e))?;
+        let now = Instant::now();
+        let mut owned = Vec::with_capacity(partitions.len());
+        for &(id, _) in partitions {
+            let mut queue = consumer.split_partition_queue(&options.topic, id).ok_or_else(|| {
+                client("splitting a partition's queue", KafkaError::Subscription(options.topic.clone()))
+            })?;
+            let wake = on_data.clone();
+            queue.set_nonempty_callback(wake);
+            owned.push(Partition { id, queue, max_ts: i64::MIN, next_offset: None, last_record: now, at_end: false });
+        }
+        Ok(PartitionReader {
+            consumer,
+            partitions: owned,
+            options,
+            decoder,
+            dead_letters,
+            counters,
+            turn: 0,
+            decoded: Vec::new(),
+        })
+    }
+
+    /// Reads what is waiting, at most `max_batch` records per partition,
+    /// appending on-time trades to `out`. A trade is late below its
+    /// partition's watermark or below `floor` (what the worker has already
+    /// told the dataflow). Returns how many records it read.
+    pub fn poll(&mut self, floor: i64, out: &mut Vec<Row>) -> usize {
+        // Serve the consumer's own events (errors, statistics); records of
+        // split partitions never arrive here.
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            if let Err(e) = event {
+                tracing::warn!("Kafka consumer: {e}");
+            }
+        }
+        let mut read = 0;
+        let n = self.partitions.len();
+        for i in 0..n {
+            let at = (self.turn + i) % n;
+            read += self.poll_partition(at, floor, out);
+        }
+        self.turn = self.turn.wrapping_add(1);
+        read
+    }
+
+    fn poll_partition(&mut self, at: usize, floor: i64, out: &mut Vec<Row>) -> usize {
+        let lateness = self.options.allowed_lateness_ms;
+        let mut read = 0;
+        while read < self.options.max_batch {
+            let part = &mut self.partitions[at];
+            let Some(result) = part.queue.poll(Duration::ZERO) else { break };
+            let message = match result {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    part.at_end = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = part.id, "Kafka: {e}");
+                    break;
+                }
+            };
+            read += 1;
+            part.at_end = false;
+            part.last_record = Instant::now();
+            part.next_offset = Some(message.offset() + 1);
+            self.counters.records.fetch_add(1, Ordering::Relaxed);
+            let payload = message.payload().unwrap_or_default();
+            self.decoded.clear();
+            if let Err(e) = self.decoder.decode(payload, &mut self.decoded) {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                if let Some(dl) = &self.dead_letters {
+                    dl.send(message.key(), payload, "malformed", &e.to_string(), part.id, message.offset());
+                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            for trade in self.decoded.drain(..) {
+                let line = part.watermark(lateness).max(floor);
+                if trade.ts < line {
+                    self.counters.late.fetch_add(1, Ordering::Relaxed);
+                    if let (true, Some(dl)) = (self.options.dead_letter_late, &self.dead_letters) {
+                        // One dead letter per late trade, as a flat record,
+                        // so a record whose other trades were used is never
+                        // replayed whole.
+                        let body = format!(
+                            r#"{{"symbol":{},"ts":{},"price":{:?},"size":{:?}}}"#,
+                            serde_json::Value::from(trade.symbol.as_str()),
+                            trade.ts,
+                            trade.price,
+                            trade.size
+                        );
+                        let reason = format!(
+                            "late: event time {} is below the watermark {line} of partition {} (allowed lateness {lateness} ms)",
+                            trade.ts, part.id
+                        );
+                        dl.send(
+                            Some(trade.symbol.as_bytes()),
+                            body.as_bytes(),
+                            "late",
+                            &reason,
+                            part.id,
+                            message.offset(),
+                        );
+                        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                part.max_ts = part.max_ts.max(trade.ts);
+                self.counters.trades.fetch_add(1, Ordering::Relaxed);
+                out.push(Row {
+                    key: trade.symbol,
+                    ts: trade.ts,
+                    values: vec![trade.price, trade.size],
+                    partition: part.id,
+                    offset: message.offset(),
+                });
+            }
+        }
+        read
+    }
+
+    /// The watermark this worker can promise: the minimum over partitions
+    /// that are not idle. `None` when every partition is idle (the caller
+    /// then follows the other workers).
+    pub fn watermark(&self, now: Instant) -> Option<i64> {
+        let lateness = self.options.allowed_lateness_ms;
+        self.partitions
+            .iter()
+            .filter(|p| now.duration_since(p.last_record) < self.options.idle_timeout)
+            .map(|p| p.watermark(lateness))
+            .min()
+    }
+
+    /// Each partition's watermark, for the other workers' idle handling
+    /// (`None` for an idle partition).
+    pub fn partition_watermarks(&self, now: Instant) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
+        let lateness = self.options.allowed_lateness_ms;
+        self.partitions.iter().map(move |p| {
+            let active = now.duration_since(p.last_record) < self.options.idle_timeout;
+            (p.id, active.then(|| p.watermark(lateness)))
+        })
+    }
+
+    /// True when every partition is at its end and has been quiet for
+    /// `quiet`.
+    pub fn drained(&self, now: Instant, quiet: Duration) -> bool {
+        self.partitions.iter().all(|p| p.at_end && now.duration_since(p.last_record) >= quiet)
+    }
+
+    /// The next offset of each partition that has read a record.
+    pub fn positions(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.partitions.iter().filter_map(|p| p.next_offset.map(|o| (p.id, o)))
+    }
+}
+
+/// The dead-letter topic: a record as it came (or a late trade as a flat
+/// record), with headers saying why and where from.
+pub struct DeadLetters {
+    producer: ThreadedProducer<DeadLetterDeliveries>,
+    topic: String,
+    source_topic: String,
+}
+
+/// Counts dead letters the broker did not take.
+#[derive(Default)]
+pub struct DeadLetterDeliveries {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeadLetterDeliveries {}
+
+impl ProducerContext for DeadLetterDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            // Rare and serious: say it each time.
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a dead letter was not delivered: {e}");
+        }
+    }
+}
+
+/// Header names on dead letters.
+pub mod headers {
+    /// `malformed` or `late`.
+    pub const KIND: &str = "tickfold.kind";
+    /// Why, in words.
+    pub const REASON: &str = "tickfold.reason";
+    /// `topic/partition/offset` of the record it came from.
+    pub const SOURCE: &str = "tickfold.source";
+}
+
+impl DeadLetters {
+    /// A producer for `topic`, the dead letters of `source_topic`.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        source_topic: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self, KafkaSourceError> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers).set("linger.ms", "5").set("acks", "all");
+        // Security settings (sasl.*, ssl.*, security.protocol) apply to the
+        // producer too; fetch settings do not.
+        for (k, v) in options.iter().filter(|(k, _)| is_connection_setting(k)) {
+            config.set(k, v);
+        }
+        let producer = config.create_with_context(DeadLetterDeliveries::default()).map_err(|source| {
+            KafkaSourceError::Client { brokers: brokers.into(), what: "creating the dead-letter producer", source }
+        })?;
+        Ok(DeadLetters { producer, topic: topic.into(), source_topic: source_topic.into() })
+    }
+
+    /// Queues a dead letter. When librdkafka's queue is full it waits:
+    /// dead letters are never dropped.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], kind: &str, reason: &str, partition: i32, offset: i64) {
+        let source = format!("{}/{partition}/{offset}", self.source_topic);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: headers::KIND, value: Some(kind) })
+            .insert(Header { key: headers::REASON, value: Some(reason) })
+            .insert(Header { key: headers::SOURCE, value: Some(source.as_str()) });
+        let mut record = BaseRecord::to(&self.topic).payload(payload).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(topic = %self.topic, "cannot queue a dead letter: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued dead letter is acknowledged (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Dead letters the broker did not take.
+    pub fn failed(&self) -> u64 {
+        self.producer.context().failed.load(Ordering::Relaxed)
+    }
+}
+
+/// librdkafka settings about reaching the brokers (shared by the consumer
+/// and the dead-letter producer).
+fn is_connection_setting(key: &str) -> bool {
+    ["security.protocol", "sasl.", "ssl.", "client.id", "socket.", "broker."].iter().any(|p| key.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_has_exactly_one_owner() {
+        for partitions in 0..9 {
+            for workers in 1..5 {
+                let mut seen: Vec<i32> = (0..workers).flat_map(|w| owned_partitions(partitions, w, workers)).collect();
+                seen.sort();
+                assert_eq!(seen, (0..partitions as i32).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(owned_partitions(4, 1, 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn connection_settings_reach_the_dead_letter_producer() {
+        assert!(is_connection_setting("sasl.username"));
+        assert!(is_connection_setting("security.protocol"));
+        assert!(!is_connection_setting("fetch.max.bytes"));
+    }
+}
