@@ -1,54 +1,92 @@
 #!/usr/bin/env bash
 # The quick start's first command: installs what is missing, builds the
-# plugins and the host, and runs the standard plugin chain over a seeded
-# synthetic market, showing the series it computes.
+# plugins and the host, starts a Kafka-protocol broker (tansu) and InfluxDB
+# on loopback, feeds the topic with a synthetic market (an hour of history,
+# then live trades), runs `tickfold run` with the standard plugin set, and
+# prints what InfluxDB holds every few seconds. Ctrl-C stops everything.
 #
-# Until the Kafka → InfluxDB host lands (issue 4), the pipeline runs over a
-# file with `tickfold exec`: the same plugins, the same batches and
-# watermarks, without the broker.
+#   DEMO_SECONDS=N   stop by itself after N seconds (default: run until Ctrl-C)
+#   DEMO_RATE=N      live trades per second (default 500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 scripts/install-plugin-toolchain.sh
+scripts/install-services.sh
 echo "tickfold: building the plugins"
-wasm="$(scripts/build-plugins.sh)/wasm32-wasip2/release"
+scripts/build-plugins.sh >/dev/null
 echo "tickfold: building the host"
 cargo build --quiet -p tickfold
-tickfold=target/debug/tickfold
+tickfold=$root/target/debug/tickfold
 
-out=target/demo
-mkdir -p "$out"
-$tickfold generate --output "$out/trades.csv" --trades 200000 --rate 20
+state=$root/target/demo
+rm -rf "$state"
+mkdir -p "$state"
+source scripts/lib/services.sh
+trap 'kill $(jobs -p) 2>/dev/null || true; stop_services' EXIT
+trap 'exit 130' INT TERM
 
+start_tansu "$state/tansu"
+start_influxd "$state/influxdb"
+create_topic trades 4
+create_topic trades.dead-letter 1
+influxql tickfold "CREATE DATABASE tickfold" >/dev/null
+echo "tickfold: broker at $BROKERS, InfluxDB at $INFLUX_URL (database tickfold)"
+
+symbols=AAPL,MSFT,NVDA,BTC-USD,ETH-USD
+now_ms=$(($(date +%s) * 1000))
+echo "tickfold: preloading an hour of history (720k trades)"
+$tickfold produce --brokers "$BROKERS" --topic trades --symbols $symbols --seed 1 \
+  --start-ms $((now_ms - 3600000)) --rate 200 --trades 720000 --as-fast-as-possible 2>&1 | tail -1
+echo "tickfold: live trades at ${DEMO_RATE:-500}/s from now on"
+$tickfold produce --brokers "$BROKERS" --topic trades --symbols $symbols --seed 2 \
+  --start-ms "$now_ms" --rate "${DEMO_RATE:-500}" --trades 1000000000 >"$state/produce.log" 2>&1 &
+
+export TICKFOLD__KAFKA__BROKERS=$BROKERS
+export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
+export TICKFOLD__SINKS__INFLUX__FLUSH_INTERVAL_MS=200
+export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
+export TICKFOLD__SINKS__ARCHIVE__ROLL_INTERVAL_MS=60000
+$tickfold run --config examples/tickfold.toml >"$state/host.log" 2>&1 &
+host=$!
+echo "tickfold: host running (log: $state/host.log; config: examples/tickfold.toml)"
 echo
-echo "tickfold: the plugins, as the host sees them"
-$tickfold check "$wasm/ohlcv.wasm"
 
-echo
-echo "tickfold: trades → 1-minute bars → RSI(14) (ohlcv then rsi, chained)"
-$tickfold exec "$wasm/ohlcv.wasm" "$wasm/rsi.wasm" --all-stages \
-  --input "$out/trades.csv" --watermark-lag-ms 2000 --output "$out/bars_rsi.csv"
-echo "tickfold: trades → session and 5-minute rolling VWAP"
-$tickfold exec "$wasm/vwap.wasm" --input "$out/trades.csv" --output "$out/vwap.csv"
-echo "tickfold: bar closes → MACD(12,26,9) and Bollinger(20, 2)"
-$tickfold exec "$wasm/ohlcv.wasm" "$wasm/macd.wasm" --input "$out/trades.csv" --output "$out/macd.csv"
-$tickfold exec "$wasm/ohlcv.wasm" "$wasm/bollinger.wasm" --input "$out/trades.csv" --output "$out/bollinger.csv"
-
-echo
-echo "tickfold: the last bars and RSI values of each symbol:"
-python3 - "$out/bars_rsi.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-last = {}
-for r in rows:
-    last[(r["symbol"], r["series"])] = r
-print(f"{'symbol':10} {'bar start (UTC ms)':>20} {'open':>10} {'high':>10} {'low':>10} {'close':>10} {'volume':>9} {'rsi':>7}")
-for sym in sorted({k[0] for k in last}):
-    b, r = last.get((sym, "bars")), last.get((sym, "rsi"))
-    if b:
-        rsi = f"{float(r['rsi']):7.2f}" if r else "   —"
-        print(f"{sym:10} {b['ts']:>20} {float(b['open']):10.4f} {float(b['high']):10.4f} {float(b['low']):10.4f} {float(b['close']):10.4f} {float(b['volume']):9.0f} {rsi}")
-print(f"\n{sum(1 for r in rows if r['series']=='bars')} bars, {sum(1 for r in rows if r['series']=='rsi')} RSI values")
+started=$(date +%s)
+while sleep 5; do
+  if ! kill -0 $host 2>/dev/null; then
+    echo "tickfold: the host stopped; its log:" >&2
+    tail -20 "$state/host.log" >&2
+    exit 1
+  fi
+  python3 - "$INFLUX_URL" "$state/archive" <<'PY'
+import json, os, sys, urllib.parse, urllib.request, datetime
+url, archive = sys.argv[1:]
+def q(query):
+    data = urllib.parse.urlencode({"db": "tickfold", "q": query, "epoch": "ms"}).encode()
+    out = json.load(urllib.request.urlopen(url + "/query", data=data, timeout=10))
+    return out["results"][0].get("series", [])
+def last(measurement, fields):
+    rows = {}
+    for s in q(f'SELECT {", ".join(f"last({f}) AS {f}" for f in fields)} FROM "{measurement}" GROUP BY symbol'):
+        rows[s["tags"]["symbol"]] = dict(zip(s["columns"], s["values"][0]))
+    return rows
+vwap, bars, rsi = last("vwap", ["vwap", "rolling_vwap"]), last("bars_1m", ["close", "volume"]), last("rsi_14", ["rsi"])
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
+print(f"── {now} UTC ─ InfluxDB: SELECT last(…) FROM vwap, bars_1m, rsi_14 GROUP BY symbol")
+print(f"{'symbol':8} {'last trade (UTC)':>17} {'session vwap':>13} {'5m vwap':>10} {'last 1m close':>14} {'volume':>8} {'rsi 14':>7}")
+for sym in sorted(vwap):
+    v, b, r = vwap[sym], bars.get(sym, {}), rsi.get(sym, {})
+    t = datetime.datetime.fromtimestamp(v["time"] / 1000, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    fmt = lambda x, w, p: f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else f"{'—':>{w}}"
+    print(f"{sym:8} {t:>17} {fmt(v.get('vwap'), 13, 4)} {fmt(v.get('rolling_vwap'), 10, 4)} {fmt(b.get('close'), 14, 4)} {fmt(b.get('volume'), 8, 0)} {fmt(r.get('rsi'), 7, 2)}")
+files = [os.path.join(d, f) for d, _, fs in os.walk(archive) for f in fs if f.endswith(".parquet")]
+print(f"Parquet archive: {len(files)} files under {archive}" + (f" (e.g. {os.path.relpath(max(files, key=os.path.getmtime), archive)})" if files else ""))
 PY
-echo
-echo "tickfold: all outputs are in $out/ (bars_rsi.csv, vwap.csv, macd.csv, bollinger.csv)"
+  tail -1 "$state/host.log" | sed 's/^/host: /'
+  echo
+  if [[ -n "${DEMO_SECONDS:-}" ]] && (($(date +%s) - started >= DEMO_SECONDS)); then
+    echo "tickfold: demo done (DEMO_SECONDS=$DEMO_SECONDS)"
+    break
+  fi
+done

@@ -4,7 +4,9 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -31,6 +33,13 @@ enum Command {
     Generate(GenerateArgs),
     /// Produces a seeded synthetic market into a Kafka topic.
     Produce(ProduceArgs),
+    /// Runs the host: Kafka → plugins → InfluxDB and Parquet, as a config
+    /// file says (see examples/tickfold.toml).
+    Run(RunArgs),
+    /// Measures the host: Kafka drain rate, pipeline throughput and CPU
+    /// split, end-to-end latency (scripts/bench.sh runs them all).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Runs a plugin chain over a file on the streaming dataflow: worker
     /// threads, rows exchanged by key, the frontier as the watermark.
     Replay(ReplayArgs),
@@ -51,18 +60,81 @@ struct ProduceArgs {
     /// --as-fast-as-possible).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// How many trades.
-    #[arg(long, default_value_t = 1_000_000)]
-    trades: u64,
+    /// How many trades [default: 1000000 synthetic, the whole file].
+    #[arg(long)]
+    trades: Option<u64>,
     /// Do not pace to the wall clock: preload as fast as the broker takes it.
     #[arg(long)]
     as_fast_as_possible: bool,
+    /// Replay this file of trades (.csv, .jsonl or .parquet with symbol,
+    /// ts, price, size) instead of the synthetic market, paced as recorded.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Forward Finnhub's live trades for --symbols instead (API key in
+    /// FINNHUB_API_KEY).
+    #[arg(long, conflicts_with = "input")]
+    finnhub: bool,
+    /// Finnhub's websocket.
+    #[arg(long, default_value = "wss://ws.finnhub.io")]
+    finnhub_url: String,
+    /// Paced file replay runs this many times faster than recorded.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     /// Event time of the first trade, ms since the Unix epoch (default: now).
     #[arg(long)]
     start_ms: Option<i64>,
     /// The seed: the same seed produces the same trades.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// A bare rdkafka consumer reading every partition of a topic.
+    Drain {
+        #[arg(long, env = "TICKFOLD_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "trades")]
+        topic: String,
+        /// Stop after this many records (the topic's size).
+        #[arg(long)]
+        expect: u64,
+    },
+    /// The host over a config's topic (or `--input` file) until it is
+    /// drained: rate and CPU split. Set `kafka.stop_when_idle_ms`.
+    Pipeline {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Latency from a trade to the InfluxDB write carrying its VWAP, at a
+    /// steady rate, through the config's (empty) topic.
+    Latency {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Trades per second.
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+        /// How long to feed.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The config file (TOML). Every key can be overridden from the
+    /// environment: `TICKFOLD__KAFKA__BROKERS=host:9092`.
+    #[arg(long, short, env = "TICKFOLD_CONFIG", default_value = "tickfold.toml")]
+    config: PathBuf,
+    /// Load the plugins and wire the DAG, then exit without running.
+    #[arg(long)]
+    check: bool,
+    /// Read this file of trades (.csv, .jsonl, .parquet) instead of Kafka:
+    /// the same DAG and sinks over history.
+    #[arg(long)]
+    input: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +282,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Exec(args) => exec(args),
         Command::Generate(args) => generate(args),
         Command::Replay(args) => replay(args),
+        Command::Run(args) => run_host(args),
+        Command::Bench(command) => bench(command),
         Command::Produce(args) => produce(args),
     }
 }
@@ -335,20 +409,133 @@ fn replay(args: ReplayArgs) -> Result<()> {
     summary(&run.input, s.rows_in, s.late, s.samples_out, started)
 }
 
+fn run_host(args: RunArgs) -> Result<()> {
+    let config = crate::config::Config::load(&args.config)?;
+    if args.check {
+        let runtime = PluginRuntime::new(SandboxLimits::default(), None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let stages = crate::host::stages(&config, &runtime)?;
+        let chain = Chain::open_dag(&stages, crate::host::TRADES, &["price".into(), "size".into()], 0, true)?;
+        println!("{}: the plugin DAG wires; it writes:", args.config.display());
+        for (name, fields) in chain.reported_series() {
+            println!("  {name} ({})", fields.join(", "));
+        }
+        return Ok(());
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, interrupted.clone()).context("installing the signal handlers")?;
+    }
+    let s = crate::host::run(&config, args.input.as_deref(), interrupted.clone())?;
+    let r = &s.run;
+    let mut out = std::io::stderr().lock();
+    writeln!(
+        out,
+        "tickfold: {} records from {} partitions in {:.1} s: {} trades, {} malformed, {} late, {} dead-lettered, {} outputs",
+        r.records,
+        r.partitions,
+        s.elapsed.as_secs_f64(),
+        r.trades,
+        r.malformed,
+        r.late,
+        r.dead_lettered,
+        r.samples_out
+    )?;
+    if let Some(i) = &s.influx {
+        writeln!(
+            out,
+            "tickfold: InfluxDB: {} points written in {} requests, {} retries, {} rejected",
+            i.points_written, i.batches_written, i.retries, i.points_rejected
+        )?;
+    }
+    if let Some(a) = &s.archive {
+        writeln!(out, "tickfold: archive: {} rows in {} files", a.rows_written, a.files_written)?;
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        writeln!(out, "tickfold: stopped by a signal; open windows were not written (they were not final)")?;
+    }
+    if r.dead_letters_failed > 0 {
+        bail!("{} dead letters were not acknowledged by the broker", r.dead_letters_failed);
+    }
+    Ok(())
+}
+
+fn bench(command: BenchCommand) -> Result<()> {
+    use crate::bench;
+    match command {
+        BenchCommand::Drain { brokers, topic, expect } => {
+            for (label, settings) in
+                [("librdkafka defaults", &[][..]), ("the host's consumer settings", &bench::HOST_CONSUMER_SETTINGS[..])]
+            {
+                let d = bench::drain(&brokers, &topic, expect, settings)?;
+                println!(
+                    "drain ({label}): {} records, {:.1} MB in {:.2} s: {:.0} records/s",
+                    d.records,
+                    d.bytes as f64 / 1e6,
+                    d.elapsed.as_secs_f64(),
+                    d.rate()
+                );
+            }
+        }
+        BenchCommand::Pipeline { config, input } => {
+            let config = crate::config::Config::load(&config)?;
+            let f = bench::pipeline(&config, input.as_deref())?;
+            println!(
+                "pipeline ({} workers, {}): {} records, {} outputs in {:.2} s: {:.0} records/s",
+                config.workers,
+                input.as_ref().map_or_else(|| format!("topic {}", config.kafka.topic), |p| p.display().to_string()),
+                f.records,
+                f.outputs,
+                f.elapsed.as_secs_f64(),
+                f.records as f64 / f.elapsed.as_secs_f64().max(1e-9)
+            );
+            let total: f64 = f.cpu.iter().map(|(_, s)| s).sum();
+            println!("CPU: {total:.2} s in all");
+            for (what, secs) in &f.cpu {
+                println!("  {:5.1} %  {secs:7.2} s  {what}", 100.0 * secs / total.max(1e-9));
+            }
+        }
+        BenchCommand::Latency { config, rate, seconds } => {
+            let config = crate::config::Config::load(&config)?;
+            let l = bench::latency(&config, rate, seconds, Duration::from_secs(2))?;
+            println!(
+                "latency at {rate:.0} trades/s (feed achieved {:.0}/s, {} trades; {} VWAP points after a 2 s warm-up): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                l.produced_rate, l.produced, l.samples, l.p50, l.p90, l.p99, l.max
+            );
+        }
+    }
+    Ok(())
+}
+
 fn produce(args: ProduceArgs) -> Result<()> {
     let symbols: Vec<String> = args.symbols.into_iter().filter(|s| !s.is_empty()).collect();
     if symbols.is_empty() {
         bail!("--symbols is empty; name at least one symbol");
     }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    if !(args.speed > 0.0 && args.speed.is_finite()) {
+        bail!("--speed must be a positive number, got {}", args.speed);
+    }
+    let trades = args.trades.unwrap_or(if args.input.is_some() || args.finnhub { u64::MAX } else { 1_000_000 });
+    let feed = match args.input {
+        Some(path) => crate::produce::Feed::File { path, speed: args.speed },
+        None if args.finnhub => crate::produce::Feed::Finnhub {
+            url: args.finnhub_url,
+            token: std::env::var("FINNHUB_API_KEY")
+                .context("--finnhub needs the API key in FINNHUB_API_KEY (free at finnhub.io)")?,
+            symbols,
+        },
+        None => crate::produce::Feed::Synthetic {
+            symbols,
+            rate: args.rate,
+            start_ms: args.start_ms.unwrap_or(now_ms),
+            seed: args.seed,
+        },
+    };
     let options = crate::produce::ProduceOptions {
         brokers: args.brokers,
         topic: args.topic,
-        symbols,
-        rate: args.rate,
-        trades: args.trades,
-        start_ms: args.start_ms.unwrap_or(now_ms),
-        seed: args.seed,
+        feed,
+        trades,
         paced: !args.as_fast_as_possible,
     };
     let stats = crate::produce::produce(&options, |sent, elapsed| {

@@ -85,6 +85,21 @@ pub struct RunCounters {
     /// The lowest watermark any worker has reached (`i64::MIN` until all
     /// have one).
     pub watermark: std::sync::atomic::AtomicI64,
+    /// Where the workers' time goes.
+    pub times: StageTimes,
+}
+
+/// Wall time the workers spent per stage, summed over workers, in ns. The
+/// workers never block in these stages, so this is their CPU time there.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Reading partitions (librdkafka's local queues) and decoding.
+    pub source_ns: AtomicU64,
+    /// The plugin operator: plugins and the sink writes they cause.
+    pub process_ns: AtomicU64,
+    /// Of which, the sinks' worker-side writes (formatting lines, filling
+    /// Arrow columns, writing Parquet files).
+    pub sinks_ns: AtomicU64,
 }
 
 /// State every worker of a run shares.
@@ -157,8 +172,22 @@ pub fn replay(
         fanout.add(Box::new(SharedWriter(out.clone())), Vec::new());
         Ok(fanout)
     });
+    replay_into(input, &pipeline, options, sinks, Arc::default())
+}
+
+/// Runs `pipeline` over the file `input` into the sinks `sinks` makes per
+/// worker: the host's dataflow with a file in place of Kafka (backfills,
+/// benchmarks). Rows carry partition `-1` and their row number as offset.
+pub fn replay_into(
+    input: &Path,
+    pipeline: &Pipeline,
+    options: &ReplayOptions,
+    sinks: SinkFactory,
+    counters: Arc<RunCounters>,
+) -> Result<ReplayStats, DataflowError> {
+    let pipeline = pipeline.clone();
     let shared = Arc::new(Shared {
-        counters: Arc::default(),
+        counters,
         failure: Mutex::new(None),
         interrupted: Arc::default(),
         watermarks: Mutex::new(vec![i64::MIN; options.workers.max(1)]),
@@ -213,6 +242,7 @@ pub fn replay(
                                     continue;
                                 }
                                 max_ts = max_ts.max(ts);
+                                counters.trades.fetch_add(1, Ordering::Relaxed);
                                 session.give(Row {
                                     key: chunk.symbols[i].clone(),
                                     ts,
@@ -372,7 +402,10 @@ pub fn run(
                         return;
                     }
                     let floor = *cap.time();
+                    let polling = Instant::now();
                     let read = reader.poll(floor, &mut batch);
+                    let times = &shared.counters.times;
+                    times.source_ns.fetch_add(polling.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if !batch.is_empty() {
                         output.session(&cap).give_iterator(batch.drain(..));
                     }
@@ -466,44 +499,46 @@ fn process<'scope>(
     let (input_name, input_fields, keep_input) =
         (pipeline.input_name.clone(), pipeline.input_fields.clone(), pipeline.keep_input);
     let by_key = Exchange::new(|row: &Row| key_hash(&row.key));
-    let mut stash: BTreeMap<i64, Vec<Vec<Row>>> = BTreeMap::new();
     let mut watermark = i64::MIN;
     let mut finished = false;
     rows.container::<Vec<Row>>().sink(by_key, "PluginChain", move |(input, frontier)| {
+        let started = Instant::now();
         let Some((chain, fanout)) = state.as_mut().filter(|_| !finished) else {
             // The chain failed to open (the run reports it), or the stream
-            // ended: drain the input rather than stash it for nothing.
+            // ended: drain the input rather than hold it for nothing.
             input.for_each(|_, _| {});
             return;
         };
-        input.for_each(|stamp, data| {
-            // Our sources send under a capability, so every message has a
-            // time; one without would claim no progress, and is due at once.
-            let time = stamp.least().copied().unwrap_or(i64::MIN);
-            stash.entry(time).or_default().push(std::mem::take(data));
-        });
-
-        // Everything stamped below the frontier has arrived.
-        let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
         let step = (|| -> Result<(), DataflowError> {
-            while let Some(entry) = stash.first_entry() {
-                if *entry.key() >= complete {
-                    break;
+            let before = fanout.written;
+            // Rows are fed as they arrive, not when the frontier passes
+            // their time: a row sent at time t has an event time of at
+            // least t, and the chain's watermark is a frontier that has not
+            // passed t yet, so no row is below it; and a key's rows come
+            // from one source over one FIFO channel, in partition order.
+            // Per-trade outputs (VWAP) thus leave at once.
+            let mut result = Ok(());
+            input.for_each(|_, rows| {
+                if result.is_err() {
+                    return;
                 }
-                for rows in entry.remove() {
+                result = (|| -> Result<(), DataflowError> {
                     if keep_input {
-                        for row in &rows {
+                        for row in rows.iter() {
                             fanout.write_input(&input_name, &input_fields, row)?;
                         }
                     }
-                    let before = fanout.written;
                     chain.feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
-                    shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
-                }
-            }
+                    Ok(())
+                })();
+            });
+            result?;
+
+            // The frontier is the sources' watermark: every row below it
+            // has arrived.
+            let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
             if complete > watermark {
                 watermark = complete;
-                let before = fanout.written;
                 if complete == i64::MAX && shared.interrupted.load(Ordering::Relaxed) {
                     // Stopping, not at the end of the input: open windows
                     // are not final, so they are not closed and written.
@@ -511,11 +546,14 @@ fn process<'scope>(
                     chain.advance(watermark, fanout)?;
                     fanout.advance(watermark)?;
                 }
-                shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
                 let mut all = shared.watermarks.lock().expect("watermarks lock");
                 all[index] = watermark;
                 let lowest = all.iter().copied().min().unwrap_or(i64::MIN);
                 shared.counters.watermark.store(lowest, Ordering::Relaxed);
+            }
+            if fanout.written > before {
+                shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
+                fanout.batch_done()?;
             }
             if complete == i64::MAX {
                 fanout.finish_sinks()?;
@@ -527,6 +565,9 @@ fn process<'scope>(
             shared.fail(e);
             finished = true;
         }
+        let times = &shared.counters.times;
+        times.process_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        times.sinks_ns.fetch_add(std::mem::take(&mut fanout.busy_ns), Ordering::Relaxed);
     });
 }
 

@@ -18,10 +18,13 @@
 //!
 //! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
+pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod dataflow;
 pub mod decode;
 pub mod exec;
+pub mod host;
 pub mod keys;
 pub mod plugin;
 pub mod produce;

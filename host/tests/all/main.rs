@@ -7,14 +7,19 @@
 //! | `cli` | `tickfold check` and `tickfold exec` as a user runs them |
 //! | `author` | a plugin author's workflow: `cargo component new`, the SDK, build, check, exec |
 //! | `kafka` | against a real broker (tansu): `tickfold produce`, read back partition by partition |
+//! | `end_to_end` | `tickfold run` against tansu, InfluxDB 1.x and the Parquet archive: what InfluxDB and the archive hold, against the references; dead letters |
+//! | `influx` | the InfluxDB sink against real servers (InfluxDB 1.6 over v1, VictoriaMetrics over v2): every value read back, a late server, rewrites |
 //! | `pipeline` | the streaming host over a real broker: partitions on 2 workers, watermarks, dead letters, the DAG against the references |
 //!
-//! `support` builds the plugins once per run (scripts/build-plugins.sh) and
-//! generates seeded data.
+//! `support` builds the plugins once per run (scripts/build-plugins.sh),
+//! generates seeded data, and starts real services (tansu, influxd,
+//! victoria-metrics) on free loopback ports.
 
 mod author;
 mod cli;
 mod conformance;
+mod end_to_end;
+mod influx;
 mod kafka;
 mod pipeline;
 mod runtime;

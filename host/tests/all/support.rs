@@ -170,3 +170,166 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// A loopback port nothing listens on (as of now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `url` answers with a success status, or panics after 30 s
+/// with the service's log.
+fn wait_until_up(service: &str, url: &str, log: &Path) {
+    let client = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !client.get(url).send().is_ok_and(|r| r.status().is_success()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} did not answer {url} within 30 s; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A real InfluxDB 1.x (Debian's `influxd`, v1 API only) on a loopback
+/// port, with its data in a temporary directory, stopped when dropped.
+/// Installed by scripts/install-services.sh.
+pub struct Influxd {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Influxd {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// On `port`, e.g. one a client is already trying to reach.
+    pub fn start_on(port: u16) -> Self {
+        let dir = TempDir::new("influxd");
+        let d = dir.path().display();
+        // Only what differs from the defaults: loopback ports (the RPC one
+        // for backups too), data under the temp dir, no phoning home, no
+        // self-monitoring database, quiet logs.
+        let config = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+[logging]
+  level = "error"
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+"#,
+            rpc = free_port()
+        );
+        let config_path = dir.path().join("influxdb.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("influxd.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("/usr/bin/influxd")
+            .arg("-config")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("/usr/bin/influxd is missing: run scripts/install-services.sh");
+        let server = Influxd { child, port, _dir: dir };
+        wait_until_up("influxd", &format!("{}/ping", server.url()), &log_path);
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an InfluxQL statement, returning the JSON answer.
+    pub fn query(&self, database: &str, q: &str) -> serde_json::Value {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/query", self.url()))
+            .form(&[("db", database), ("q", q), ("epoch", "ms")])
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{q}: {}", response.status());
+        let answer: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+        assert!(answer["results"][0].get("error").is_none(), "{q}: {answer}");
+        answer
+    }
+
+    pub fn create_database(&self, name: &str) {
+        self.query(name, &format!("CREATE DATABASE \"{name}\""));
+    }
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real VictoriaMetrics (Debian's `victoria-metrics`), which accepts
+/// InfluxDB's v2 writes, on a loopback port, with its data in a temporary
+/// directory, stopped when dropped. Installed by scripts/install-services.sh.
+pub struct VictoriaMetrics {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl VictoriaMetrics {
+    pub fn start() -> Self {
+        let dir = TempDir::new("victoria-metrics");
+        let port = free_port();
+        let log_path = dir.path().join("victoria-metrics.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("/usr/bin/victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            // Test data is historic: the default retention (1 month) would
+            // refuse it.
+            .arg("-retentionPeriod=100y")
+            .arg("-loggerLevel=ERROR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("/usr/bin/victoria-metrics is missing: run scripts/install-services.sh");
+        let server = VictoriaMetrics { child, port, _dir: dir };
+        wait_until_up("victoria-metrics", &format!("{}/health", server.url()), &log_path);
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every raw sample of the series `selector` matches (one JSON object
+    /// per series), after making recent writes searchable.
+    pub fn export(&self, selector: &str) -> Vec<serde_json::Value> {
+        let client = reqwest::blocking::Client::new();
+        let flushed = client.get(format!("{}/internal/force_flush", self.url())).send().unwrap();
+        assert!(flushed.status().is_success(), "force_flush: {}", flushed.status());
+        let response =
+            client.get(format!("{}/api/v1/export", self.url())).query(&[("match[]", selector)]).send().unwrap();
+        assert!(response.status().is_success(), "export {selector}: {}", response.status());
+        response.text().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

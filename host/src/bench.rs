@@ -1,0 +1,345 @@
+//! `tickfold bench`: the host's figures, measured the way docs/performance.md
+//! reports them (scripts/bench.sh runs them all against real services).
+//!
+//! - `drain`: a bare rdkafka consumer reading every partition of a topic,
+//!   nothing else: the rate the host is compared with.
+//! - `pipeline`: the host from a config (Kafka or a file), its rate from the
+//!   first record to the last, and where the CPU time went, by stage and by
+//!   thread.
+//! - `latency`: a paced feed into Kafka, the host, and an InfluxDB stand-in
+//!   that notes when each per-trade output (a VWAP line) arrives: the time
+//!   from the trade to the sink write that carries its first effect.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::dataflow::RunCounters;
+
+/// What `drain` measured.
+#[derive(Debug)]
+pub struct Drained {
+    pub records: u64,
+    pub bytes: u64,
+    /// From the first record to the last.
+    pub elapsed: Duration,
+}
+
+impl Drained {
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Reads every partition of `topic` from the start with one consumer until
+/// `expect` records arrived (or none for 5 s), with `settings` over
+/// librdkafka's defaults (none: the defaults).
+pub fn drain(brokers: &str, topic: &str, expect: u64, settings: &[(&str, &str)]) -> Result<Drained> {
+    let partitions = crate::source::kafka::partition_count(brokers, topic)?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("group.id", "tickfold-bench-drain").set("enable.auto.commit", "false");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().context("creating the consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut first = None;
+    let mut last = Instant::now();
+    while records < expect {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                records += 1;
+                bytes += m.payload_len() as u64;
+            }
+            Some(Err(e)) => tracing::warn!("drain: {e}"),
+            None if first.is_some() && last.elapsed() > Duration::from_secs(5) => break,
+            None => {}
+        }
+    }
+    let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
+    Ok(Drained { records, bytes, elapsed })
+}
+
+/// The consumer settings the host uses (see `source::kafka`), for `drain`.
+pub const HOST_CONSUMER_SETTINGS: [(&str, &str); 6] = [
+    ("fetch.max.bytes", "67108864"),
+    ("max.partition.fetch.bytes", "16777216"),
+    ("queued.min.messages", "500000"),
+    ("queued.max.messages.kbytes", "262144"),
+    ("fetch.wait.max.ms", "5"),
+    ("fetch.min.bytes", "1"),
+];
+
+/// What `pipeline` measured.
+#[derive(Debug)]
+pub struct PipelineFigures {
+    pub records: u64,
+    pub outputs: u64,
+    /// From the first record read to the last output written.
+    pub elapsed: Duration,
+    /// Seconds of CPU per stage (workers) and per thread group (the rest).
+    pub cpu: Vec<(String, f64)>,
+}
+
+/// Runs the host as `config` says (with `file` instead of Kafka if given),
+/// sampling its counters to time the stretch from the first record to the
+/// last output, and splits the CPU time it used.
+pub fn pipeline(config: &Config, file: Option<&Path>) -> Result<PipelineFigures> {
+    let before = thread_cpu();
+    let counters = Arc::new(RunCounters::default());
+    let done = Arc::new(AtomicBool::new(false));
+    // First record, last change of outputs.
+    let marks: Arc<Mutex<(Option<Instant>, Instant, u64)>> = Arc::new(Mutex::new((None, Instant::now(), 0)));
+    let sampler = {
+        let (counters, done, marks) = (counters.clone(), done.clone(), marks.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                let records = counters.source.records.load(Ordering::Relaxed);
+                let outputs = counters.samples_out.load(Ordering::Relaxed);
+                let mut m = marks.lock().expect("marks");
+                if records > 0 && m.0.is_none() {
+                    m.0 = Some(Instant::now());
+                }
+                if outputs != m.2 {
+                    m.1 = Instant::now();
+                    m.2 = outputs;
+                }
+            }
+        })
+    };
+    let summary = crate::host::run_with(config, file, Arc::new(AtomicBool::new(false)), counters.clone());
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let summary = summary?;
+    let m = marks.lock().expect("marks");
+    let elapsed = match m.0 {
+        Some(first) => m.1.saturating_duration_since(first),
+        None => bail!("the host read no records; is the topic (or file) empty?"),
+    };
+    let after = thread_cpu();
+    let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, secs) in &after {
+        let spent = secs - before.get(name).copied().unwrap_or(0.0);
+        if spent > 0.0 {
+            *groups.entry(thread_group(name)).or_default() += spent;
+        }
+    }
+    let workers = groups.remove("dataflow workers").unwrap_or(0.0);
+    let t = &counters.times;
+    let ns = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+    let (source, process, sinks) = (ns(&t.source_ns), ns(&t.process_ns), ns(&t.sinks_ns));
+    let mut cpu = vec![
+        ("workers: reading partitions + decoding".to_string(), source),
+        ("workers: plugins".to_string(), (process - sinks).max(0.0)),
+        ("workers: sink writes (line protocol, Arrow, Parquet)".to_string(), sinks),
+        ("workers: exchange, scheduling, idle polling".to_string(), (workers - source - process).max(0.0)),
+    ];
+    cpu.extend(groups);
+    Ok(PipelineFigures { records: summary.run.records, outputs: summary.run.samples_out, elapsed, cpu })
+}
+
+/// Which part of the host a thread belongs to, from its name.
+fn thread_group(name: &str) -> String {
+    let group = if name.starts_with("timely:work") {
+        "dataflow workers"
+    } else if name.starts_with("rdk:") {
+        "librdkafka (consumer, dead-letter producer)"
+    } else if name.contains("influx") || name.contains("reqwest") || name.starts_with("tokio") {
+        "InfluxDB writer (batching, gzip, HTTP)"
+    } else {
+        "other (main, compile, sampler)"
+    };
+    group.to_string()
+}
+
+/// CPU seconds used so far by each thread of this process, by name
+/// (threads of one name summed). Read from /proc (Linux).
+fn thread_cpu() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    // Clock ticks per second: 100 on every Linux we run on.
+    let tick = 100.0;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(name), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, utime 14,
+        // stime 15 (1-based, as proc(5) numbers them).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) else { continue };
+        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
+        *out.entry(name.trim().to_string()).or_default() += secs;
+    }
+    out
+}
+
+/// What `latency` measured, in ms.
+#[derive(Debug)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Trades the feed produced, and at what rate it managed.
+    pub produced: u64,
+    pub produced_rate: f64,
+}
+
+/// Feeds `rate` trades/s for `seconds` into `config.kafka.topic` (which
+/// must be empty), runs the host with its InfluxDB sink pointed at a
+/// stand-in that timestamps every request, and reports, for each VWAP
+/// point (one per trade), arrival time minus the trade's event time. The
+/// paced feed sends each trade at its event time, so that is the time from
+/// the trade's append to the sink write carrying its first effect (plus
+/// the producer's own lag, reported as its achieved rate).
+pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Result<Latency> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the InfluxDB stand-in")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let samples: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let measure_from = Arc::new(Mutex::new(i64::MAX));
+    {
+        let (samples, measure_from) = (samples.clone(), measure_from.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (samples, measure_from) = (samples.clone(), measure_from.clone());
+                std::thread::spawn(move || serve_influx_standin(stream, &samples, &measure_from));
+            }
+        });
+    }
+    let mut config = config.clone();
+    let influx = config.sinks.influx.as_mut().context("the config needs a [sinks.influx] table")?;
+    influx.url = url;
+    influx.flush_interval_ms = 10;
+    config.kafka.start = crate::config::StartAt::Latest;
+    config.kafka.stop_when_idle_ms = None;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let host = {
+        let (config, interrupted) = (config.clone(), interrupted.clone());
+        std::thread::spawn(move || crate::host::run_with(&config, None, interrupted, Arc::default()))
+    };
+    // Let the host compile its plugins and take its partitions.
+    std::thread::sleep(Duration::from_secs(3));
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    *measure_from.lock().expect("lock") = now_ms + warmup.as_millis() as i64;
+    let options = crate::produce::ProduceOptions {
+        brokers: config.kafka.brokers.clone(),
+        topic: config.kafka.topic.clone(),
+        feed: crate::produce::Feed::Synthetic {
+            symbols: ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "BTC-USD", "ETH-USD", "EURUSD"]
+                .map(String::from)
+                .to_vec(),
+            rate,
+            start_ms: now_ms,
+            seed: 7,
+        },
+        trades: (rate * seconds) as u64,
+        paced: true,
+    };
+    let started = Instant::now();
+    let produced = crate::produce::produce(&options, |_, _| {})?;
+    let produced_rate = produced.sent as f64 / started.elapsed().as_secs_f64();
+    // Let the last writes arrive, then stop the host.
+    std::thread::sleep(Duration::from_secs(2));
+    interrupted.store(true, Ordering::Relaxed);
+    host.join().map_err(|_| anyhow::anyhow!("the host panicked"))??;
+
+    let mut s = samples.lock().expect("samples").clone();
+    if s.is_empty() {
+        bail!("no VWAP point reached the InfluxDB stand-in");
+    }
+    s.sort_unstable();
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] as f64;
+    Ok(Latency {
+        samples: s.len(),
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: *s.last().expect("not empty") as f64,
+        produced: produced.sent,
+        produced_rate,
+    })
+}
+
+/// Answers InfluxDB write requests (`204`), noting for every `vwap` line
+/// its arrival time minus its timestamp (ms), once past `measure_from`.
+fn serve_influx_standin(stream: std::net::TcpStream, samples: &Mutex<Vec<i64>>, measure_from: &Mutex<i64>) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut length, mut gzip) = (0usize, false);
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("content-encoding:") && lower.contains("gzip") {
+                gzip = true;
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let arrived =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let text = if gzip {
+            let mut out = String::new();
+            if flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut out).is_err() {
+                return;
+            }
+            out
+        } else {
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        let from = *measure_from.lock().expect("lock");
+        let mut got = Vec::new();
+        for l in text.lines().filter(|l| l.starts_with("vwap,")) {
+            if let Some(ts) = l.rsplit(' ').next().and_then(|t| t.parse::<i64>().ok())
+                && ts >= from
+            {
+                got.push(arrived - ts);
+            }
+        }
+        samples.lock().expect("samples").extend(got);
+        if writer.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").is_err() {
+            return;
+        }
+    }
+}

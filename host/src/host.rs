@@ -1,0 +1,346 @@
+//! `tickfold run`: the config turned into a running host. Loads the
+//! plugins, starts the sinks, runs the dataflow over the Kafka topic, and
+//! reports progress until the input ends or the host is told to stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, LatePolicy, StartAt};
+use crate::dataflow::{self, Pipeline, ReplayOptions, RunCounters, RunOptions, RunStats, SinkFactory};
+use crate::decode::Decoder;
+use crate::exec::StageSpec;
+use crate::plugin::{PluginRuntime, SandboxLimits};
+use crate::sink::archive::{Archive, ArchiveStats, ArchiveWriter};
+use crate::sink::influx::{InfluxSink, InfluxStats};
+use crate::sink::{Fanout, SinkError, SinkWriter};
+use crate::source::Row;
+use crate::source::kafka::{ReaderOptions, Start};
+use std::sync::Mutex;
+
+/// The input series the Kafka source writes.
+pub const TRADES: &str = "trades";
+
+/// What a run did, for the summary.
+#[derive(Debug)]
+pub struct Summary {
+    pub run: RunStats,
+    pub influx: Option<InfluxStats>,
+    pub archive: Option<ArchiveStats>,
+    pub elapsed: Duration,
+}
+
+/// Loads the config's plugins and checks their wiring, without running.
+pub fn stages(config: &Config, runtime: &PluginRuntime) -> Result<Vec<StageSpec>> {
+    config
+        .plugins
+        .iter()
+        .map(|p| {
+            let plugin = runtime
+                .load_file(&p.wasm)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .with_context(|| format!("loading plugin {}", p.wasm.display()))?;
+            let pairs = p.param_pairs();
+            let params = crate::plugin::params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            Ok(StageSpec { plugin, params, input: p.input.clone(), rename: p.rename.clone() })
+        })
+        .collect()
+}
+
+/// Runs the host as `config` says until the input ends (with
+/// `kafka.stop_when_idle_ms`) or `interrupted` is set (SIGINT, SIGTERM).
+/// With `file`, the same DAG and sinks run over that file of trades
+/// instead of the topic (backfills, benchmarks), with the allowed lateness
+/// as the file's watermark lag.
+pub fn run(config: &Config, file: Option<&Path>, interrupted: Arc<AtomicBool>) -> Result<Summary> {
+    run_with(config, file, interrupted, Arc::default())
+}
+
+/// [`run`], counting into `counters` (which the caller may watch).
+pub fn run_with(
+    config: &Config,
+    file: Option<&Path>,
+    interrupted: Arc<AtomicBool>,
+    counters: Arc<RunCounters>,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let limits = SandboxLimits {
+        memory_bytes: config.sandbox.memory_mib << 20,
+        call_timeout_ms: config.sandbox.call_timeout_ms,
+        ..SandboxLimits::default()
+    };
+    let runtime = PluginRuntime::new(limits, config.sandbox.compile_cache.clone())
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("starting the WebAssembly runtime")?;
+    let stages = stages(config, &runtime)?;
+    let pipeline = Pipeline {
+        stages,
+        input_name: TRADES.into(),
+        input_fields: vec!["price".into(), "size".into()],
+        keep_input: config.sinks.archive.is_some() && config.sinks.archive_trades,
+        report_all: true,
+    };
+    // Wire the DAG once here, so a mistake is reported before anything
+    // connects to Kafka.
+    crate::exec::Chain::open_dag(&pipeline.stages, TRADES, &pipeline.input_fields, 0, true)
+        .context("wiring the plugin DAG")?;
+
+    let influx = match &config.sinks.influx {
+        Some(c) => Some(Arc::new(InfluxSink::start(c.clone()).context("starting the InfluxDB sink")?)),
+        None => None,
+    };
+    let archive = match &config.sinks.archive {
+        Some(c) => Some(Arc::new(Archive::new(c.clone()).context("opening the Parquet archive")?)),
+        None => None,
+    };
+    // Each worker's archive counts, as of its last watermark.
+    let archive_stats: Arc<Mutex<Vec<ArchiveStats>>> =
+        Arc::new(Mutex::new(vec![ArchiveStats::default(); config.workers]));
+    let sinks: SinkFactory = {
+        let (influx, archive, skip) = (influx.clone(), archive.clone(), config.sinks.influx_skip.clone());
+        let archive_stats = archive_stats.clone();
+        Arc::new(move |worker| {
+            let mut fanout = Fanout::default();
+            if let Some(sink) = &influx {
+                fanout.add(Box::new(sink.writer()), skip.clone());
+            }
+            if let Some(archive) = &archive {
+                let writer = ArchiveWorker { writer: archive.writer(worker), worker, stats: archive_stats.clone() };
+                fanout.add(Box::new(writer), Vec::new());
+            }
+            Ok(fanout)
+        })
+    };
+
+    let kafka = &config.kafka;
+    let options = RunOptions {
+        workers: config.workers,
+        reader: ReaderOptions {
+            brokers: kafka.brokers.clone(),
+            topic: kafka.topic.clone(),
+            group: kafka.group.clone(),
+            allowed_lateness_ms: kafka.allowed_lateness_ms,
+            idle_timeout: Duration::from_millis(kafka.idle_timeout_ms),
+            max_batch: kafka.max_batch,
+            dead_letter_late: kafka.late == LatePolicy::DeadLetter,
+            options: kafka.options.clone(),
+        },
+        decoder: Decoder::new(config.decode.shape, config.decode.fields.clone()),
+        start: match kafka.start {
+            StartAt::Earliest => Start::Earliest,
+            StartAt::Latest => Start::Latest,
+            StartAt::Committed => Start::Committed,
+        },
+        dead_letter_topic: Some(kafka.dead_letter_topic()),
+        stop_when_idle: kafka.stop_when_idle_ms.map(Duration::from_millis),
+    };
+    let reporter = Reporter::start(counters.clone(), influx.clone(), interrupted.clone());
+    let result = match file {
+        None => dataflow::run(&options, &pipeline, sinks, counters.clone(), interrupted.clone()),
+        Some(path) => {
+            let replay = ReplayOptions {
+                workers: config.workers,
+                watermark_lag_ms: kafka.allowed_lateness_ms,
+                batch_rows: kafka.max_batch,
+                report_all: true,
+            };
+            dataflow::replay_into(path, &pipeline, &replay, sinks, counters.clone()).map(|_| {
+                let c = &counters.source;
+                RunStats {
+                    records: c.records.load(Ordering::Relaxed),
+                    trades: c.trades.load(Ordering::Relaxed),
+                    late: c.late.load(Ordering::Relaxed),
+                    samples_out: counters.samples_out.load(Ordering::Relaxed),
+                    ..RunStats::default()
+                }
+            })
+        }
+    };
+    reporter.stop();
+    // Whatever happened, write what the sinks hold.
+    let influx_stats = match influx {
+        Some(sink) => {
+            let sink = Arc::try_unwrap(sink).map_err(|_| anyhow::anyhow!("the InfluxDB sink is still in use"))?;
+            Some(sink.close().context("writing the last points to InfluxDB")?)
+        }
+        None => None,
+    };
+    let run = result?;
+    let archive = archive.map(|_| {
+        let per_worker = archive_stats.lock().expect("archive stats lock");
+        per_worker.iter().fold(ArchiveStats::default(), |a, s| ArchiveStats {
+            rows_written: a.rows_written + s.rows_written,
+            files_written: a.files_written + s.files_written,
+            bytes_written: a.bytes_written + s.bytes_written,
+            buffered_rows: a.buffered_rows + s.buffered_rows,
+        })
+    });
+    Ok(Summary { run, influx: influx_stats, archive, elapsed: started.elapsed() })
+}
+
+/// Logs the run's progress every few seconds.
+struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reporter {
+    fn start(counters: Arc<RunCounters>, influx: Option<Arc<InfluxSink>>, interrupted: Arc<AtomicBool>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let every = Duration::from_secs(5);
+            let mut last = (Instant::now(), 0u64);
+            while !s.load(Ordering::Relaxed) && !interrupted.load(Ordering::Relaxed) {
+                std::thread::park_timeout(every);
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let c = &counters.source;
+                let records = c.records.load(Ordering::Relaxed);
+                let rate = (records - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+                last = (Instant::now(), records);
+                let watermark = counters.watermark.load(Ordering::Relaxed);
+                let influx = influx.as_ref().map(|i| {
+                    let s = i.stats();
+                    format!(", influx: {} points written, {} buffered", s.points_written, s.buffered_points)
+                });
+                tracing::info!(
+                    "{records} records ({rate:.0}/s), {} trades, {} malformed, {} late, {} outputs, watermark {}{}",
+                    c.trades.load(Ordering::Relaxed),
+                    c.malformed.load(Ordering::Relaxed),
+                    c.late.load(Ordering::Relaxed),
+                    counters.samples_out.load(Ordering::Relaxed),
+                    format_ms(watermark),
+                    influx.unwrap_or_default(),
+                );
+            }
+        });
+        Reporter { stop, thread: Some(thread) }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// An event time for people: RFC 3339 in UTC, or `none yet`.
+pub fn format_ms(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "none yet".into();
+    }
+    if ms == i64::MAX {
+        return "end of input".into();
+    }
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+impl SinkWriter for crate::sink::influx::InfluxWriter {
+    fn write(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) -> Result<(), SinkError> {
+        crate::exec::OutputWriter::write(self, series, fields, symbol, ts, values)
+            .map_err(|e| SinkError::new("influx", e))
+    }
+
+    fn advance(&mut self, _: i64) -> Result<(), SinkError> {
+        // Every batch of the worker's outputs goes on at once; the sink's
+        // thread batches them into requests by size and time.
+        self.hand_over().map_err(|e| SinkError::new("influx", e))
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.hand_over().map_err(|e| SinkError::new("influx", e))
+    }
+
+    fn batch_done(&mut self) -> Result<(), SinkError> {
+        self.hand_over().map_err(|e| SinkError::new("influx", e))
+    }
+}
+
+/// A worker's archive writer, publishing its counts as it goes.
+struct ArchiveWorker {
+    writer: ArchiveWriter,
+    worker: usize,
+    stats: Arc<Mutex<Vec<ArchiveStats>>>,
+}
+
+impl ArchiveWorker {
+    fn publish(&self) {
+        self.stats.lock().expect("archive stats lock")[self.worker] = self.writer.stats();
+    }
+}
+
+impl SinkWriter for ArchiveWorker {
+    fn write(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) -> Result<(), SinkError> {
+        self.writer.write(series, fields, symbol, ts, values).map_err(|e| SinkError::new("archive", e))
+    }
+
+    fn write_input(&mut self, series: &str, fields: &[String], row: &Row) -> Result<(), SinkError> {
+        self.writer
+            .write_raw(series, fields, &row.key, row.ts, &row.values, row.partition, row.offset)
+            .map_err(|e| SinkError::new("archive", e))
+    }
+
+    fn advance(&mut self, watermark: i64) -> Result<(), SinkError> {
+        let result = self.writer.advance(watermark).map_err(|e| SinkError::new("archive", e));
+        self.publish();
+        result
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let result = self.writer.finish().map_err(|e| SinkError::new("archive", e));
+        self.publish();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_ms;
+
+    #[test]
+    fn event_times_read_as_utc() {
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_ms(i64::MIN), "none yet");
+    }
+}

@@ -1,0 +1,1547 @@
+//! The Parquet archive: raw trades and every output series, kept as files
+//! that backfills and audits can read again.
+//!
+//! Layout, Hive-style, so that Spark, DuckDB or pyarrow see `series` and
+//! `date` as partition columns:
+//!
+//! ```text
+//! {dir}/series={name}/date=YYYY-MM-DD/part-w{worker}-{bucket_start_ms}-{seq:04}.parquet
+//! ```
+//!
+//! Columns: `symbol` (Utf8, dictionary-encoded), `ts` (milliseconds, UTC),
+//! one Float64 per field of the series (NaN kept bit for bit), and for raw
+//! series (trades as read from Kafka) `partition` and `offset`, so a reader
+//! can check that every record is there exactly once. The key-value metadata
+//! holds `tickfold.series`, `tickfold.fields` (a JSON array) and
+//! `tickfold.kind` (`raw` or `output`).
+//!
+//! Each dataflow worker owns one [`ArchiveWriter`]: no locks, no threads,
+//! encoding runs on the worker. It buffers rows per (series, event-time
+//! bucket of `roll_interval_ms`, aligned to the epoch) and writes a bucket
+//! once [`ArchiveWriter::advance`] moves the watermark to or past the
+//! bucket's end. `date` is the UTC date of the bucket's start.
+//!
+//! **Why names and bytes are deterministic.** A worker gets rows from
+//! several source workers in an order that changes from run to run, but the
+//! set of rows in a bucket is the same, and so is each symbol's order. A
+//! closing bucket is sorted by symbol, then `ts` (then `partition`, `offset`
+//! for raw series) with a stable sort, so each symbol keeps its arrival order
+//! among equal keys, and split into files of `max_rows_per_file` in that
+//! order. Re-processing the same data therefore rewrites the same files with
+//! the same bytes, and a closing bucket removes any higher-numbered parts an
+//! earlier run left behind, so a replay overwrites rather than duplicates.
+//! Names include the worker, so this holds while the key-to-worker mapping
+//! (worker count) stays the same.
+//!
+//! **Late rows.** A row whose bucket the watermark has already passed (a
+//! plugin that emits windows late, or a lateness policy that lets it
+//! through) opens a *late* bucket, written at the next `advance` to new
+//! files that continue the bucket's sequence on disk. They never overwrite.
+//!
+//! **Restarts.** After restoring from a checkpoint at frontier `F`, call
+//! `advance(F)` before writing, so rows for buckets closed before the
+//! checkpoint count as late and are appended, not written as a fresh
+//! bucket over the files already there. Call `advance(w)` after the plugin
+//! chain has seen watermark `w`, so the windows `w` closes land in their
+//! bucket before it is written.
+//!
+//! **Atomic files.** Each file is encoded to `.part-….parquet.tmp` in its
+//! final directory (a dot-file, which Hive-style readers skip), fsynced when
+//! configured, renamed, and the directory fsynced. A failed write removes the
+//! temp file and keeps the bucket buffered, so the next `advance` retries it
+//! under the same names.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, StringBuilder, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use tracing::{debug, info};
+
+use crate::exec::OutputWriter;
+
+/// Key-value metadata key for the series name.
+pub const META_SERIES: &str = "tickfold.series";
+/// Key-value metadata key for the field names, a JSON array in column order.
+pub const META_FIELDS: &str = "tickfold.fields";
+/// Key-value metadata key for the kind of series: `raw` or `output`.
+pub const META_KIND: &str = "tickfold.kind";
+
+/// Column names every series has, and the two only raw series have. Hive
+/// readers add `series` and `date` from the path, so fields may not use
+/// those names either.
+const RESERVED: [&str; 4] = ["symbol", "ts", "series", "date"];
+const RAW_RESERVED: [&str; 2] = ["partition", "offset"];
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The `[sinks.archive]` table of the host's config.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Root directory of the archive, created if missing. Processes of a
+    /// cluster may share it: file names carry the worker index, which timely
+    /// numbers across processes.
+    pub dir: PathBuf,
+    /// Event-time width of a file's bucket, in milliseconds (default one
+    /// hour). Buckets are aligned to the Unix epoch; pick a width that
+    /// divides a day, or a bucket crossing midnight UTC is filed under the
+    /// date it starts on. Every row of a bucket stays in memory until the
+    /// watermark passes the bucket's end.
+    #[serde(default = "default_roll_interval_ms")]
+    pub roll_interval_ms: u64,
+    /// Most rows in one file (default 1,000,000); a bucket with more is
+    /// split into several files, numbered by their `seq`.
+    #[serde(default = "default_max_rows_per_file")]
+    pub max_rows_per_file: usize,
+    /// zstd compression level, 1 (fastest) to 22 (smallest) (default 3).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Whether to fsync each file before renaming it into place, and its
+    /// directory after (default true). Without it a power loss can leave a
+    /// renamed but empty or truncated file; a process crash cannot.
+    #[serde(default = "default_fsync")]
+    pub fsync: bool,
+}
+
+fn default_roll_interval_ms() -> u64 {
+    3_600_000
+}
+
+fn default_max_rows_per_file() -> usize {
+    1_000_000
+}
+
+fn default_zstd_level() -> i32 {
+    3
+}
+
+fn default_fsync() -> bool {
+    true
+}
+
+impl ArchiveConfig {
+    /// An archive in `dir` with every other option at its default.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ArchiveConfig {
+            dir: dir.into(),
+            roll_interval_ms: default_roll_interval_ms(),
+            max_rows_per_file: default_max_rows_per_file(),
+            zstd_level: default_zstd_level(),
+            fsync: default_fsync(),
+        }
+    }
+}
+
+/// Something that stopped the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// An option of `[sinks.archive]` is out of range.
+    #[error("[sinks.archive] {option} = {value} is invalid: {rule}")]
+    Config { option: &'static str, value: String, rule: &'static str },
+    /// A file-system operation failed.
+    #[error("{op} {path}: {source}{}", advice(source))]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    /// A series name cannot be a directory name.
+    #[error(
+        "series `{series}` cannot be archived: its name becomes the directory `series={series}`, so it must be non-empty, not start with `.`, and use only letters, digits, `_`, `-` and `.` (rename the series in the config or the plugin)"
+    )]
+    BadSeriesName { series: String },
+    /// A field name clashes with a column of the archive.
+    #[error(
+        "series `{series}`: field `{field}` {problem} (rename the field in the plugin's `describe`, or map it in the config)"
+    )]
+    BadField { series: String, field: String, problem: &'static str },
+    /// A series came back with other fields than it was first written with.
+    #[error(
+        "series `{series}` was first written with fields {before:?}, now with {now:?}; a series keeps one schema, so give the new shape another series name"
+    )]
+    FieldsChanged { series: String, before: Vec<String>, now: Vec<String> },
+    /// A series was written both as raw and as an output series.
+    #[error(
+        "series `{series}` was first written as {before} and now as {now}; raw (with partition and offset) and output series need distinct names"
+    )]
+    KindChanged { series: String, before: &'static str, now: &'static str },
+    /// A sample's values do not match its fields.
+    #[error("series `{series}`: a sample has {values} values for {fields} fields; this is a bug in the caller")]
+    Arity { series: String, fields: usize, values: usize },
+    /// The Parquet encoder refused a batch.
+    #[error("encoding {path} as Parquet: {reason}; this is a bug in tickfold, please report it")]
+    Encode { path: PathBuf, reason: String },
+    /// A file of the archive cannot be read back.
+    #[error("reading {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+}
+
+impl ArchiveError {
+    /// Whether the same call may succeed later without a code change: true
+    /// for file-system errors (a full disk, a permission, a file in the
+    /// way); the rows stay buffered and the next `advance` retries.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ArchiveError::Io { .. })
+    }
+}
+
+/// What to do about a file-system error, appended to its message.
+fn advice(e: &io::Error) -> &'static str {
+    use io::ErrorKind::*;
+    match e.kind() {
+        StorageFull | QuotaExceeded => {
+            " (the disk is full: free space, or point `[sinks.archive] dir` at a bigger volume; rows stay buffered until a later `advance` writes them)"
+        }
+        PermissionDenied | ReadOnlyFilesystem => {
+            " (tickfold may not write there: fix the permissions or the mount, or change `[sinks.archive] dir`)"
+        }
+        NotADirectory | AlreadyExists => " (a file is in the way of one of the archive's directories: move it)",
+        _ => "",
+    }
+}
+
+impl From<ArchiveError> for io::Error {
+    fn from(e: ArchiveError) -> io::Error {
+        let kind = match &e {
+            ArchiveError::Io { source, .. } => source.kind(),
+            ArchiveError::Config { .. }
+            | ArchiveError::BadSeriesName { .. }
+            | ArchiveError::BadField { .. }
+            | ArchiveError::FieldsChanged { .. }
+            | ArchiveError::KindChanged { .. }
+            | ArchiveError::Arity { .. } => io::ErrorKind::InvalidInput,
+            ArchiveError::Encode { .. } | ArchiveError::Read { .. } => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Counts from one writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Rows in files renamed into place.
+    pub rows_written: u64,
+    /// Files renamed into place (a retried file counts again).
+    pub files_written: u64,
+    /// Bytes of those files.
+    pub bytes_written: u64,
+    /// Rows held in buckets the watermark has not closed yet.
+    pub buffered_rows: u64,
+}
+
+/// An archive directory, checked and ready to hand out one writer per worker.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    config: Arc<ArchiveConfig>,
+    compression: Compression,
+}
+
+impl Archive {
+    /// Checks `config`, creates its directory and checks that it is writable.
+    pub fn new(config: ArchiveConfig) -> Result<Archive, ArchiveError> {
+        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, zstd_level, fsync: _ } = &config;
+        if *roll_interval_ms == 0 || i64::try_from(*roll_interval_ms).is_err() {
+            return Err(ArchiveError::Config {
+                option: "roll_interval_ms",
+                value: roll_interval_ms.to_string(),
+                rule: "a bucket must be at least 1 ms wide (3600000 is an hour)",
+            });
+        }
+        if *max_rows_per_file == 0 {
+            return Err(ArchiveError::Config {
+                option: "max_rows_per_file",
+                value: "0".into(),
+                rule: "a file must hold at least one row",
+            });
+        }
+        let level = ZstdLevel::try_new(*zstd_level).map_err(|_| ArchiveError::Config {
+            option: "zstd_level",
+            value: zstd_level.to_string(),
+            rule: "zstd levels run from 1 to 22",
+        })?;
+        let io = |op, source| ArchiveError::Io { op, path: dir.clone(), source };
+        fs::create_dir_all(dir).map_err(|e| io("creating the archive directory", e))?;
+        // Find out now, not an hour in when the first bucket closes.
+        let probe = dir.join(format!(".tickfold-probe-{}", std::process::id()));
+        let written = File::create(&probe).and_then(|mut f| f.write_all(b"probe"));
+        let _ = fs::remove_file(&probe);
+        written.map_err(|e| io("writing a probe file in the archive directory", e))?;
+        Ok(Archive { config: Arc::new(config), compression: Compression::ZSTD(level) })
+    }
+
+    /// The checked configuration.
+    pub fn config(&self) -> &ArchiveConfig {
+        &self.config
+    }
+
+    /// The writer for dataflow worker `worker` (timely's global index, so
+    /// workers of different processes never write the same file).
+    pub fn writer(&self, worker: usize) -> ArchiveWriter {
+        ArchiveWriter {
+            config: self.config.clone(),
+            compression: self.compression,
+            // Checked to fit in `new`.
+            roll_ms: self.config.roll_interval_ms as i64,
+            worker,
+            watermark: i64::MIN,
+            series: Vec::new(),
+            by_name: HashMap::new(),
+            last_series: usize::MAX,
+            stats: ArchiveStats::default(),
+        }
+    }
+}
+
+/// One worker's writer: buffers rows per series and bucket, writes a bucket
+/// when the watermark passes it.
+pub struct ArchiveWriter {
+    config: Arc<ArchiveConfig>,
+    compression: Compression,
+    roll_ms: i64,
+    worker: usize,
+    /// Highest watermark seen; a bucket ending at or below it is closed.
+    watermark: i64,
+    series: Vec<SeriesBuf>,
+    by_name: HashMap<String, usize>,
+    /// Index of the last series written, checked first (outputs come in
+    /// runs of one series).
+    last_series: usize,
+    stats: ArchiveStats,
+}
+
+/// A series' schema and its open buckets.
+struct SeriesBuf {
+    name: String,
+    fields: Vec<String>,
+    raw: bool,
+    schema: SchemaRef,
+    props: WriterProperties,
+    buckets: Vec<Bucket>,
+    /// Index of the last bucket written to (`usize::MAX` for none).
+    last_bucket: usize,
+}
+
+/// The rows of one series in one event-time bucket, as columns.
+struct Bucket {
+    start_ms: i64,
+    /// Opened after the watermark had passed its end: its files continue the
+    /// sequence on disk rather than start it.
+    late: bool,
+    /// The sequence number of its first file, fixed at the first attempt to
+    /// write it so that a retry reuses the same names.
+    first_seq: Option<u32>,
+    /// Symbols interned for this bucket only, so the table dies with it.
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+    last_symbol: u32,
+    symbol: Vec<u32>,
+    ts: Vec<i64>,
+    /// One column per field.
+    values: Vec<Vec<f64>>,
+    /// Raw series only.
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+}
+
+impl Bucket {
+    fn new(start_ms: i64, late: bool, fields: usize) -> Bucket {
+        Bucket {
+            start_ms,
+            late,
+            first_seq: None,
+            names: Vec::new(),
+            ids: HashMap::new(),
+            last_symbol: 0,
+            symbol: Vec::new(),
+            ts: Vec::new(),
+            values: vec![Vec::new(); fields],
+            partition: Vec::new(),
+            offset: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn intern(&mut self, symbol: &str) -> u32 {
+        if self.names.get(self.last_symbol as usize).is_some_and(|n| **n == *symbol) {
+            return self.last_symbol;
+        }
+        let id = match self.ids.get(symbol) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                self.names.push(symbol.into());
+                self.ids.insert(symbol.into(), id);
+                id
+            }
+        };
+        self.last_symbol = id;
+        id
+    }
+
+    fn push(&mut self, symbol: &str, ts: i64, values: &[f64], raw: Option<(i32, i64)>) {
+        let id = self.intern(symbol);
+        self.symbol.push(id);
+        self.ts.push(ts);
+        for (col, v) in self.values.iter_mut().zip(values) {
+            col.push(*v);
+        }
+        if let Some((partition, offset)) = raw {
+            self.partition.push(partition);
+            self.offset.push(offset);
+        }
+    }
+
+    /// Row indices in file order: by symbol, then ts (then partition and
+    /// offset), ties in arrival order.
+    fn file_order(&self, raw: bool) -> Vec<usize> {
+        let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| self.names[a as usize].cmp(&self.names[b as usize]));
+        let mut rank = vec![0u32; self.names.len()];
+        for (r, &id) in by_name.iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        // `sort_by_key` is stable: equal keys keep their arrival order.
+        if raw {
+            order.sort_by_key(|&i| (rank[self.symbol[i] as usize], self.ts[i], self.partition[i], self.offset[i]));
+        } else {
+            order.sort_by_key(|&i| (rank[self.symbol[i] as usize], self.ts[i]));
+        }
+        order
+    }
+
+    /// The rows `rows` as a batch of `schema`.
+    fn batch(&self, schema: &SchemaRef, rows: &[usize], raw: bool) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let bytes: usize = rows.iter().map(|&i| self.names[self.symbol[i] as usize].len()).sum();
+        let mut symbols = StringBuilder::with_capacity(rows.len(), bytes);
+        for &i in rows {
+            symbols.append_value(&self.names[self.symbol[i] as usize]);
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        columns.push(Arc::new(symbols.finish()));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|&i| self.ts[i])).with_timezone("UTC"),
+        ));
+        for col in &self.values {
+            columns.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|&i| col[i]))));
+        }
+        if raw {
+            columns.push(Arc::new(Int32Array::from_iter_values(rows.iter().map(|&i| self.partition[i]))));
+            columns.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| self.offset[i]))));
+        }
+        RecordBatch::try_new(schema.clone(), columns)
+    }
+}
+
+impl ArchiveWriter {
+    /// Buffers one sample of output series `series`.
+    pub fn write(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) -> Result<(), ArchiveError> {
+        self.push(series, fields, symbol, ts, values, None)
+    }
+
+    /// Buffers one raw record of series `series` (trades as read from
+    /// Kafka), with the partition and offset it was read at.
+    #[allow(clippy::too_many_arguments)] // The sample's parts, as in `write`, plus where it was read.
+    pub fn write_raw(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), ArchiveError> {
+        self.push(series, fields, symbol, ts, values, Some((partition, offset)))
+    }
+
+    /// Tells the writer no row below `watermark` will come (except late
+    /// ones), writing every bucket that ends at or below it, and every late
+    /// bucket. A lower watermark than one seen before changes nothing.
+    ///
+    /// On error the unwritten buckets stay buffered; calling again retries
+    /// them under the same file names.
+    pub fn advance(&mut self, watermark: i64) -> Result<(), ArchiveError> {
+        self.watermark = self.watermark.max(watermark);
+        for s in 0..self.series.len() {
+            // Oldest first, so an error leaves the newest buckets buffered.
+            while let Some(i) = self.due(s) {
+                let mut bucket = self.series[s].buckets.swap_remove(i);
+                self.series[s].last_bucket = usize::MAX;
+                match self.write_bucket(&self.series[s], &mut bucket) {
+                    Ok((files, bytes)) => {
+                        let rows = bucket.len() as u64;
+                        self.stats.rows_written += rows;
+                        self.stats.files_written += files;
+                        self.stats.bytes_written += bytes;
+                        self.stats.buffered_rows -= rows;
+                    }
+                    Err(e) => {
+                        self.series[s].buckets.push(bucket);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every bucket: the end of the input. Rows written afterwards
+    /// count as late.
+    pub fn finish(&mut self) -> Result<(), ArchiveError> {
+        self.advance(i64::MAX)
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> ArchiveStats {
+        self.stats
+    }
+
+    /// The worker this writer belongs to.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    fn push(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+        raw: Option<(i32, i64)>,
+    ) -> Result<(), ArchiveError> {
+        if values.len() != fields.len() {
+            return Err(ArchiveError::Arity { series: series.into(), fields: fields.len(), values: values.len() });
+        }
+        let s = self.lookup(series, fields, raw.is_some())?;
+        let start = bucket_start(ts, self.roll_ms);
+        let late = start.saturating_add(self.roll_ms) <= self.watermark;
+        let buf = &mut self.series[s];
+        let b = match buf.buckets.get(buf.last_bucket) {
+            Some(b) if b.start_ms == start => buf.last_bucket,
+            _ => match buf.buckets.iter().position(|b| b.start_ms == start) {
+                Some(b) => b,
+                None => {
+                    if late {
+                        debug!(worker = self.worker, series, bucket_start_ms = start, "late rows for a closed bucket");
+                    }
+                    buf.buckets.push(Bucket::new(start, late, fields.len()));
+                    buf.buckets.len() - 1
+                }
+            },
+        };
+        buf.last_bucket = b;
+        buf.buckets[b].push(symbol, ts, values, raw);
+        self.stats.buffered_rows += 1;
+        Ok(())
+    }
+
+    /// The index of series `series`, registering it on first sight, after
+    /// checking it keeps its fields and kind.
+    fn lookup(&mut self, series: &str, fields: &[String], raw: bool) -> Result<usize, ArchiveError> {
+        let s = match self.series.get(self.last_series) {
+            Some(buf) if buf.name == series => self.last_series,
+            _ => match self.by_name.get(series) {
+                Some(&s) => s,
+                None => self.register(series, fields, raw)?,
+            },
+        };
+        let buf = &self.series[s];
+        if buf.fields != fields {
+            return Err(ArchiveError::FieldsChanged {
+                series: series.into(),
+                before: buf.fields.clone(),
+                now: fields.to_vec(),
+            });
+        }
+        if buf.raw != raw {
+            return Err(ArchiveError::KindChanged { series: series.into(), before: kind(buf.raw), now: kind(raw) });
+        }
+        self.last_series = s;
+        Ok(s)
+    }
+
+    fn register(&mut self, series: &str, fields: &[String], raw: bool) -> Result<usize, ArchiveError> {
+        check_series_name(series)?;
+        let bad =
+            |field: &String, problem| ArchiveError::BadField { series: series.into(), field: field.clone(), problem };
+        for (i, f) in fields.iter().enumerate() {
+            if f.is_empty() {
+                return Err(bad(f, "is empty"));
+            }
+            if RESERVED.contains(&f.as_str()) || (raw && RAW_RESERVED.contains(&f.as_str())) {
+                return Err(bad(f, "has the name of a column the archive adds"));
+            }
+            if fields[..i].contains(f) {
+                return Err(bad(f, "appears twice"));
+            }
+        }
+        let schema = series_schema(fields, raw);
+        let props = writer_props(series, fields, raw, self.compression);
+        self.series.push(SeriesBuf {
+            name: series.into(),
+            fields: fields.to_vec(),
+            raw,
+            schema,
+            props,
+            buckets: Vec::new(),
+            last_bucket: usize::MAX,
+        });
+        self.by_name.insert(series.into(), self.series.len() - 1);
+        Ok(self.series.len() - 1)
+    }
+
+    /// The oldest bucket of series `s` due to be written.
+    fn due(&self, s: usize) -> Option<usize> {
+        let roll = self.roll_ms;
+        let buckets = &self.series[s].buckets;
+        (0..buckets.len())
+            .filter(|&i| buckets[i].start_ms.saturating_add(roll) <= self.watermark)
+            .min_by_key(|&i| buckets[i].start_ms)
+    }
+
+    /// Writes one bucket's files; returns how many files and bytes.
+    fn write_bucket(&self, series: &SeriesBuf, bucket: &mut Bucket) -> Result<(u64, u64), ArchiveError> {
+        let dir =
+            self.config.dir.join(format!("series={}", series.name)).join(format!("date={}", utc_date(bucket.start_ms)));
+        self.ensure_dir(&dir)?;
+        let first = match bucket.first_seq {
+            Some(seq) => seq,
+            None => {
+                let seq = if bucket.late {
+                    existing_parts(&dir, self.worker, bucket.start_ms)?.into_iter().max().map_or(0, |s| s + 1)
+                } else {
+                    0
+                };
+                bucket.first_seq = Some(seq);
+                seq
+            }
+        };
+        let order = bucket.file_order(series.raw);
+        let mut bytes = 0;
+        let mut files = 0u32;
+        for rows in order.chunks(self.config.max_rows_per_file) {
+            let name = part_name(self.worker, bucket.start_ms, first + files);
+            let path = dir.join(&name);
+            let batch = bucket
+                .batch(&series.schema, rows, series.raw)
+                .map_err(|e| ArchiveError::Encode { path: path.clone(), reason: e.to_string() })?;
+            let written = write_file(&dir, &name, &series.schema, series.props.clone(), &batch, self.config.fsync)?;
+            debug!(
+                worker = self.worker,
+                series = %series.name,
+                path = %path.display(),
+                rows = rows.len(),
+                bytes = written,
+                late = bucket.late,
+                "archived"
+            );
+            bytes += written;
+            files += 1;
+        }
+        if !bucket.late {
+            // Parts past the last one just written are from an earlier run
+            // that saw this bucket differently; this run's files replace them.
+            let mut removed = false;
+            for seq in existing_parts(&dir, self.worker, bucket.start_ms)? {
+                if seq >= first + files {
+                    let path = dir.join(part_name(self.worker, bucket.start_ms, seq));
+                    fs::remove_file(&path).map_err(|source| ArchiveError::Io {
+                        op: "removing a stale part",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    info!(worker = self.worker, series = %series.name, path = %path.display(), "removed a part an earlier run left beyond this bucket's files");
+                    removed = true;
+                }
+            }
+            if removed && self.config.fsync {
+                sync_dir(&dir)?;
+            }
+        }
+        Ok((u64::from(files), bytes))
+    }
+
+    /// Creates `dir` (`series=…/date=…`) if missing, making the new entries
+    /// durable when fsync is on.
+    fn ensure_dir(&self, dir: &Path) -> Result<(), ArchiveError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(|source| ArchiveError::Io {
+            op: "creating directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if self.config.fsync {
+            // The date directory's entry lives in the series directory, and
+            // that one's in the root.
+            for parent in dir.ancestors().skip(1).take(2) {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OutputWriter for ArchiveWriter {
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> io::Result<()> {
+        ArchiveWriter::write(self, series, fields, symbol, ts, values).map_err(io::Error::from)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        ArchiveWriter::finish(self).map_err(io::Error::from)
+    }
+}
+
+fn kind(raw: bool) -> &'static str {
+    if raw { "raw" } else { "output" }
+}
+
+fn check_series_name(series: &str) -> Result<(), ArchiveError> {
+    let ok = !series.is_empty()
+        && !series.starts_with('.')
+        && series.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok { Ok(()) } else { Err(ArchiveError::BadSeriesName { series: series.into() }) }
+}
+
+/// The start of the bucket holding `ts`.
+fn bucket_start(ts: i64, roll_ms: i64) -> i64 {
+    // Saturating: a null timestamp read as i64::MIN lands in the lowest bucket.
+    ts.saturating_sub(ts.rem_euclid(roll_ms))
+}
+
+/// `YYYY-MM-DD`, the UTC date of `ms` (proleptic Gregorian).
+fn utc_date(ms: i64) -> String {
+    // Howard Hinnant's `civil_from_days`.
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn part_name(worker: usize, bucket_start_ms: i64, seq: u32) -> String {
+    format!("part-w{worker}-{bucket_start_ms}-{seq:04}.parquet")
+}
+
+/// Sequence numbers of this worker's parts of this bucket in `dir`.
+fn existing_parts(dir: &Path, worker: usize, bucket_start_ms: i64) -> Result<Vec<u32>, ArchiveError> {
+    let prefix = format!("part-w{worker}-{bucket_start_ms}-");
+    let io = |source| ArchiveError::Io { op: "listing", path: dir.to_path_buf(), source };
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let seq = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".parquet"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok());
+        seqs.extend(seq);
+    }
+    Ok(seqs)
+}
+
+fn series_schema(fields: &[String], raw: bool) -> SchemaRef {
+    let mut columns = vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+    ];
+    columns.extend(fields.iter().map(|f| Field::new(f, DataType::Float64, false)));
+    if raw {
+        columns.push(Field::new("partition", DataType::Int32, false));
+        columns.push(Field::new("offset", DataType::Int64, false));
+    }
+    Arc::new(Schema::new(columns))
+}
+
+fn writer_props(series: &str, fields: &[String], raw: bool, compression: Compression) -> WriterProperties {
+    let fields_json = serde_json::to_string(fields).expect("a list of strings serializes");
+    let metadata = vec![
+        KeyValue::new(META_SERIES.into(), series.to_string()),
+        KeyValue::new(META_FIELDS.into(), fields_json),
+        KeyValue::new(META_KIND.into(), kind(raw).to_string()),
+    ];
+    let sorted = |column_idx| SortingColumn { column_idx, descending: false, nulls_first: false };
+    let mut sorting = vec![sorted(0), sorted(1)];
+    if raw {
+        let partition = 2 + fields.len() as i32;
+        sorting.extend([sorted(partition), sorted(partition + 1)]);
+    }
+    WriterProperties::builder()
+        .set_compression(compression)
+        // Dictionaries only where values repeat by construction: timestamps,
+        // offsets and indicator values are nearly unique, and building a
+        // dictionary for them costs worker time before falling back to plain.
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled(ColumnPath::from("symbol"), true)
+        .set_column_dictionary_enabled(ColumnPath::from("partition"), raw)
+        .set_sorting_columns(Some(sorting))
+        .set_key_value_metadata(Some(metadata))
+        .build()
+}
+
+/// A file that remembers the first I/O error, which the Parquet writer would
+/// otherwise flatten into a string, losing "the disk is full".
+struct TrackedFile {
+    file: File,
+    error: Option<io::Error>,
+    bytes: u64,
+}
+
+impl TrackedFile {
+    fn keep(&mut self, e: io::Error) -> io::Error {
+        let copy = match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e.to_string()),
+        };
+        self.error.get_or_insert(e);
+        copy
+    }
+}
+
+impl Write for TrackedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.write(buf) {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.keep(e)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.keep(e))
+    }
+}
+
+/// Writes `batch` to `dir/name` atomically: a temp file, fsynced when asked,
+/// renamed into place. Returns the file's size.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    schema: &SchemaRef,
+    props: WriterProperties,
+    batch: &RecordBatch,
+    fsync: bool,
+) -> Result<u64, ArchiveError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = encode(&tmp, &path, schema, props, batch, fsync).and_then(|bytes| {
+        fs::rename(&tmp, &path).map_err(|source| ArchiveError::Io {
+            op: "renaming the temp file into place as",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(bytes)
+    });
+    match result {
+        Ok(bytes) => {
+            if fsync {
+                sync_dir(dir)?;
+            }
+            Ok(bytes)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Encodes `batch` into `tmp`; errors name `path`, the file being made.
+fn encode(
+    tmp: &Path,
+    path: &Path,
+    schema: &SchemaRef,
+    props: WriterProperties,
+    batch: &RecordBatch,
+    fsync: bool,
+) -> Result<u64, ArchiveError> {
+    let io = |op, source| ArchiveError::Io { op, path: path.to_path_buf(), source };
+    let file = File::create(tmp).map_err(|e| io("creating a temp file for", e))?;
+    let sink = TrackedFile { file, error: None, bytes: 0 };
+    let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+        .map_err(|e| ArchiveError::Encode { path: path.to_path_buf(), reason: e.to_string() })?;
+    // `finish`, not `into_inner`: it flushes everything to the file yet
+    // keeps the writer, and so the file's recorded error, in hand.
+    let written = writer.write(batch).and_then(|()| writer.finish().map(drop));
+    if let Err(e) = written {
+        return Err(match writer.inner_mut().error.take() {
+            Some(source) => io("writing", source),
+            None => match e {
+                ParquetError::External(inner) => match inner.downcast::<io::Error>() {
+                    Ok(source) => io("writing", *source),
+                    Err(other) => ArchiveError::Encode { path: path.to_path_buf(), reason: other.to_string() },
+                },
+                other => ArchiveError::Encode { path: path.to_path_buf(), reason: other.to_string() },
+            },
+        });
+    }
+    let sink = writer.inner();
+    if fsync {
+        sink.file.sync_all().map_err(|e| io("syncing", e))?;
+    }
+    Ok(sink.bytes)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ArchiveError::Io {
+        op: "syncing directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// One row read back from the archive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchivedRow {
+    /// The key.
+    pub symbol: String,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// One value per field, in the file's field order.
+    pub values: Vec<f64>,
+    /// Raw series: the Kafka partition the record was read from.
+    pub partition: Option<i32>,
+    /// Raw series: its offset in that partition.
+    pub offset: Option<i64>,
+}
+
+/// One file of the archive read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchivedPart {
+    /// `tickfold.series` from the metadata.
+    pub series: String,
+    /// `tickfold.fields` from the metadata, in column order.
+    pub fields: Vec<String>,
+    /// Whether it is a raw series (with partition and offset).
+    pub raw: bool,
+    /// Its rows in file order.
+    pub rows: Vec<ArchivedRow>,
+}
+
+/// Every file of `series` under `dir`, by date directory then name; temp
+/// files and anything else not named `part-*.parquet` are left out.
+pub fn series_files(dir: &Path, series: &str) -> Result<Vec<PathBuf>, ArchiveError> {
+    check_series_name(series)?;
+    let root = dir.join(format!("series={series}"));
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>, ArchiveError> {
+        let io = |source| ArchiveError::Io { op: "listing", path: dir.to_path_buf(), source };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if let Some(name) = entry.file_name().to_str() {
+                out.push((name.to_string(), entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    let mut files = Vec::new();
+    for (date, date_dir) in list(&root)? {
+        if !date.starts_with("date=") || !date_dir.is_dir() {
+            continue;
+        }
+        for (name, path) in list(&date_dir)? {
+            if name.starts_with("part-") && name.ends_with(".parquet") {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Reads every file of `series` back, file after file in the order of
+/// [`series_files`]. Fails if the files disagree on the fields.
+pub fn read_series(dir: &Path, series: &str) -> Result<Vec<ArchivedRow>, ArchiveError> {
+    let mut rows = Vec::new();
+    let mut fields: Option<(Vec<String>, PathBuf)> = None;
+    for path in series_files(dir, series)? {
+        let part = read_part(&path)?;
+        match &fields {
+            Some((first, first_path)) if *first != part.fields => {
+                return Err(ArchiveError::Read {
+                    path,
+                    reason: format!("fields {:?} differ from {:?} in {}", part.fields, first, first_path.display()),
+                });
+            }
+            Some(_) => {}
+            None => fields = Some((part.fields.clone(), path.clone())),
+        }
+        rows.extend(part.rows);
+    }
+    Ok(rows)
+}
+
+/// Reads one file of the archive.
+pub fn read_part(path: &Path) -> Result<ArchivedPart, ArchiveError> {
+    let bad = |reason: String| ArchiveError::Read { path: path.to_path_buf(), reason };
+    let file =
+        File::open(path).map_err(|source| ArchiveError::Io { op: "opening", path: path.to_path_buf(), source })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    let meta = |key: &str| -> Result<String, ArchiveError> {
+        builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| e.key == key))
+            .and_then(|e| e.value.clone())
+            .ok_or_else(|| bad(format!("no `{key}` in the key-value metadata; not a file of a tickfold archive")))
+    };
+    let series = meta(META_SERIES)?;
+    let fields: Vec<String> = serde_json::from_str(&meta(META_FIELDS)?)
+        .map_err(|e| bad(format!("`{META_FIELDS}` is not a JSON list: {e}")))?;
+    let raw = meta(META_KIND)? == "raw";
+    let reader = builder.build().map_err(|e| bad(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let column = |name: &str, ty: &DataType| -> Result<&ArrayRef, ArchiveError> {
+            let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no `{name}` column")))?;
+            if col.data_type() != ty {
+                return Err(bad(format!("column `{name}` is {}, expected {ty}", col.data_type())));
+            }
+            Ok(col)
+        };
+        let symbol = column("symbol", &DataType::Utf8)?.as_string::<i32>();
+        let ts = column("ts", &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())))?
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let values: Vec<&Float64Array> = fields
+            .iter()
+            .map(|f| column(f, &DataType::Float64).map(|c| c.as_primitive::<Float64Type>()))
+            .collect::<Result<_, _>>()?;
+        let (partition, offset) = if raw {
+            (
+                Some(column("partition", &DataType::Int32)?.as_primitive::<Int32Type>()),
+                Some(column("offset", &DataType::Int64)?.as_primitive::<Int64Type>()),
+            )
+        } else {
+            (None, None)
+        };
+        for i in 0..batch.num_rows() {
+            rows.push(ArchivedRow {
+                symbol: symbol.value(i).to_string(),
+                ts: ts.value(i),
+                values: values.iter().map(|c| c.value(i)).collect(),
+                partition: partition.map(|c| c.value(i)),
+                offset: offset.map(|c| c.value(i)),
+            });
+        }
+    }
+    Ok(ArchivedPart { series, fields, raw, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("tickfold-archive-{name}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn archive(dir: &Path, max_rows: usize) -> Archive {
+        Archive::new(ArchiveConfig { max_rows_per_file: max_rows, ..ArchiveConfig::new(dir) }).unwrap()
+    }
+
+    /// Every file under `dir`, by path relative to it, with its bytes.
+    fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                    out.insert(rel, fs::read(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_no_temp_files(dir: &Path) {
+        let temps: Vec<String> = contents(dir).into_keys().filter(|p| p.ends_with(".tmp")).collect();
+        assert!(temps.is_empty(), "temp files left: {temps:?}");
+    }
+
+    /// A row with its values as bits, so NaN compares equal to itself.
+    type RowBits = (String, i64, Vec<u64>, Option<i32>, Option<i64>);
+
+    fn bits(rows: &[ArchivedRow]) -> Vec<RowBits> {
+        rows.iter()
+            .map(|r| (r.symbol.clone(), r.ts, r.values.iter().map(|v| v.to_bits()).collect(), r.partition, r.offset))
+            .collect()
+    }
+
+    /// xorshift64*: small, seeded, and the same everywhere.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_values_bit_for_bit_and_records_the_schema() {
+        let tmp = TempDir::new("roundtrip");
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        let fields = names(&["open", "close"]);
+        let odd_nan = f64::from_bits(0x7ff8_0000_0000_0001);
+        let input = [
+            ("MSFT", 2_000, [1.5, -0.0]),
+            ("AAPL", 1_000, [odd_nan, f64::INFINITY]),
+            ("AAPL", 3_000, [f64::MIN_POSITIVE / 2.0, f64::NEG_INFINITY]),
+            ("MSFT", 1_000, [0.1 + 0.2, f64::MAX]),
+            ("AAPL", 2_000, [f64::NAN, 0.0]),
+        ];
+        for (symbol, ts, values) in &input {
+            w.write("bars_1m", &fields, symbol, *ts, values).unwrap();
+        }
+        assert_eq!(w.stats().buffered_rows, 5);
+        w.finish().unwrap();
+        let stats = w.stats();
+        assert_eq!((stats.rows_written, stats.files_written, stats.buffered_rows), (5, 1, 0));
+
+        let mut expected: Vec<ArchivedRow> = input
+            .iter()
+            .map(|(s, ts, v)| ArchivedRow {
+                symbol: s.to_string(),
+                ts: *ts,
+                values: v.to_vec(),
+                partition: None,
+                offset: None,
+            })
+            .collect();
+        expected.sort_by(|a, b| (&a.symbol, a.ts).cmp(&(&b.symbol, b.ts)));
+        assert_eq!(bits(&read_series(&tmp.0, "bars_1m").unwrap()), bits(&expected));
+
+        let files = series_files(&tmp.0, "bars_1m").unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(stats.bytes_written, fs::metadata(&files[0]).unwrap().len());
+        let part = read_part(&files[0]).unwrap();
+        assert_eq!((part.series.as_str(), &part.fields, part.raw), ("bars_1m", &fields, false));
+
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
+        let schema = builder.schema();
+        let columns: Vec<(&str, &DataType)> =
+            schema.fields().iter().map(|f| (f.name().as_str(), f.data_type())).collect();
+        assert_eq!(
+            columns,
+            [
+                ("symbol", &DataType::Utf8),
+                ("ts", &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))),
+                ("open", &DataType::Float64),
+                ("close", &DataType::Float64),
+            ]
+        );
+        assert_eq!(schema.metadata().get(META_SERIES).map(String::as_str), Some("bars_1m"));
+        assert_eq!(schema.metadata().get(META_FIELDS).map(String::as_str), Some(r#"["open","close"]"#));
+        let group = builder.metadata().row_group(0);
+        assert!(group.column(0).dictionary_page_offset().is_some(), "symbol is dictionary-encoded");
+        assert!(group.column(1).dictionary_page_offset().is_none(), "ts is not");
+        for c in group.columns() {
+            assert!(matches!(c.compression(), Compression::ZSTD(_)), "{c:?}");
+        }
+        let sorting = group.sorting_columns().unwrap();
+        assert_eq!(sorting.iter().map(|s| s.column_idx).collect::<Vec<_>>(), [0, 1]);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[test]
+    fn hive_paths_carry_the_series_and_the_date_the_bucket_starts_on() {
+        let tmp = TempDir::new("hive");
+        let config = ArchiveConfig { roll_interval_ms: 5 * HOUR as u64, ..ArchiveConfig::new(&tmp.0) };
+        let mut w = Archive::new(config).unwrap().writer(3);
+        let fields = names(&["rsi"]);
+        // 2024-01-14 23:30 and 2024-01-15 01:00 UTC share the bucket that
+        // starts at 2024-01-14 21:00; 2024-01-15 03:00 is in the next one.
+        for ts in [1_705_275_000_000, 1_705_280_400_000, 1_705_287_600_000] {
+            w.write("rsi_14", &fields, "AAPL", ts, &[50.0]).unwrap();
+        }
+        w.finish().unwrap();
+        let files: Vec<String> = contents(&tmp.0).into_keys().collect();
+        assert_eq!(
+            files,
+            [
+                "series=rsi_14/date=2024-01-14/part-w3-1705266000000-0000.parquet",
+                "series=rsi_14/date=2024-01-15/part-w3-1705284000000-0000.parquet",
+            ]
+        );
+        assert_eq!(read_part(&tmp.0.join(&files[0])).unwrap().rows.len(), 2);
+    }
+
+    #[test]
+    fn dates_and_buckets_are_utc_and_floor_below_the_epoch() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(-1), "1969-12-31");
+        assert_eq!(utc_date(1_709_164_800_000), "2024-02-29");
+        assert_eq!(utc_date(951_868_800_000 - 1), "2000-02-29");
+        assert_eq!(utc_date(951_868_800_000), "2000-03-01");
+        assert_eq!(bucket_start(-1, HOUR), -HOUR);
+        assert_eq!(bucket_start(HOUR, HOUR), HOUR);
+        assert_eq!(bucket_start(i64::MIN, HOUR), i64::MIN);
+        assert_eq!(bucket_start(i64::MAX, HOUR), i64::MAX - i64::MAX.rem_euclid(HOUR));
+    }
+
+    /// Per symbol, rows in their (deterministic) order; duplicate
+    /// timestamps, so the stable sort's tie-breaking is exercised.
+    /// symbol, ts, values, partition, offset
+    type Record = (String, i64, [f64; 2], i32, i64);
+
+    fn generated() -> Vec<Vec<Record>> {
+        let mut rng = Rng(0x5eed);
+        let mut offsets = [0i64; 2];
+        (0..4)
+            .map(|s| {
+                let symbol = format!("SYM{}", 3 - s);
+                let mut ts = 0;
+                (0..40)
+                    .map(|_| {
+                        ts += (rng.below(4) as i64) * 300_000;
+                        let partition = s % 2;
+                        offsets[partition as usize] += 1;
+                        let values = [rng.next() as f64 / 7.0, f64::from_bits(rng.next() >> 2)];
+                        (symbol.clone(), ts, values, partition, offsets[partition as usize])
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interleavings_across_symbols_give_identical_files() {
+        let per_symbol = generated();
+        let fields = names(&["a", "b"]);
+        let run = |name: &str, interleave: bool| {
+            let tmp = TempDir::new(name);
+            let mut w = archive(&tmp.0, 17).writer(1);
+            let mut next = vec![0usize; per_symbol.len()];
+            let mut rng = Rng(if interleave { 7 } else { 1 });
+            let mut fed = 0;
+            loop {
+                let open: Vec<usize> = (0..per_symbol.len()).filter(|&s| next[s] < per_symbol[s].len()).collect();
+                let Some(&first) = open.first() else { break };
+                let s = if interleave { open[rng.below(open.len() as u64) as usize] } else { first };
+                let (symbol, ts, values, partition, offset) = &per_symbol[s][next[s]];
+                next[s] += 1;
+                w.write("out", &fields, symbol, *ts, values).unwrap();
+                w.write_raw("trades", &fields, symbol, *ts, values, *partition, *offset).unwrap();
+                fed += 1;
+                if interleave && fed % 25 == 0 {
+                    // No row is late: every symbol's timestamps only grow.
+                    let safe = (0..per_symbol.len())
+                        .map(|s| per_symbol[s].get(next[s]).map_or(i64::MAX, |r| r.1))
+                        .min()
+                        .unwrap();
+                    w.advance(safe).unwrap();
+                }
+            }
+            w.finish().unwrap();
+            (contents(&tmp.0), read_series(&tmp.0, "trades").unwrap())
+        };
+        let (a, raw_a) = run("order-a", false);
+        let (b, raw_b) = run("order-b", true);
+        assert!(a.len() > 4, "several buckets and files: {:?}", a.keys());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (path, bytes) in &a {
+            assert!(b[path] == *bytes, "{path} differs between interleavings");
+        }
+        // And a raw record is there exactly once.
+        let mut seen: Vec<(i32, i64)> = raw_a.iter().map(|r| (r.partition.unwrap(), r.offset.unwrap())).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 160);
+        assert_eq!(bits(&raw_a), bits(&raw_b));
+    }
+
+    #[test]
+    fn a_bucket_rolls_into_files_of_at_most_max_rows() {
+        let tmp = TempDir::new("roll");
+        let mut w = archive(&tmp.0, 3).writer(0);
+        let fields = names(&["v"]);
+        for i in 0..10 {
+            let symbol = if i % 2 == 0 { "B" } else { "A" };
+            w.write("s", &fields, symbol, 100 - i, &[i as f64]).unwrap();
+        }
+        w.advance(HOUR).unwrap();
+        let files = series_files(&tmp.0, "s").unwrap();
+        let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            ["part-w0-0-0000.parquet", "part-w0-0-0001.parquet", "part-w0-0-0002.parquet", "part-w0-0-0003.parquet"]
+        );
+        let sizes: Vec<usize> = files.iter().map(|p| read_part(p).unwrap().rows.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let keys: Vec<(String, i64)> =
+            read_series(&tmp.0, "s").unwrap().into_iter().map(|r| (r.symbol, r.ts)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "files continue one another in sort order");
+        assert_eq!(w.stats().files_written, 4);
+    }
+
+    #[test]
+    fn late_rows_land_in_new_files_continuing_the_sequence() {
+        let tmp = TempDir::new("late");
+        let fields = names(&["close"]);
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        w.write("bars", &fields, "AAPL", 1_000, &[1.0]).unwrap();
+        w.write("bars", &fields, "AAPL", HOUR + 1, &[2.0]).unwrap();
+        w.advance(HOUR).unwrap();
+        let first = series_files(&tmp.0, "bars").unwrap();
+        assert_eq!(first.len(), 1);
+        let first_bytes = fs::read(&first[0]).unwrap();
+
+        // Late: the watermark passed its bucket. Buffered until the next advance.
+        w.write("bars", &fields, "AAPL", 500, &[3.0]).unwrap();
+        assert_eq!(w.stats().buffered_rows, 2);
+        assert_eq!(series_files(&tmp.0, "bars").unwrap().len(), 1);
+        w.advance(HOUR).unwrap();
+        w.write("bars", &fields, "MSFT", 10, &[4.0]).unwrap();
+        w.advance(HOUR).unwrap();
+
+        let dir = tmp.0.join("series=bars/date=1970-01-01");
+        let part = |seq| read_part(&dir.join(part_name(0, 0, seq))).unwrap();
+        assert_eq!(fs::read(&first[0]).unwrap(), first_bytes, "the closed file is left alone");
+        assert_eq!(part(1).rows[0].values, [3.0]);
+        assert_eq!(part(2).rows[0].values, [4.0]);
+        assert_eq!(w.stats().buffered_rows, 1, "the second hour is still open");
+
+        // A restarted worker that is told its restored frontier first
+        // appends late rows after the files on disk, too.
+        let mut restarted = archive(&tmp.0, 1000).writer(0);
+        restarted.advance(HOUR).unwrap();
+        restarted.write("bars", &fields, "AAPL", 7, &[5.0]).unwrap();
+        restarted.advance(HOUR).unwrap();
+        assert_eq!(part(3).rows[0].values, [5.0]);
+        assert_eq!(fs::read(&first[0]).unwrap(), first_bytes);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[test]
+    fn a_replay_overwrites_its_files_and_removes_stale_parts() {
+        let tmp = TempDir::new("replay");
+        let fields = names(&["v"]);
+        let run = |max_rows| {
+            let mut w = archive(&tmp.0, max_rows).writer(2);
+            for i in 0..5 {
+                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
+            }
+            w.finish().unwrap();
+            contents(&tmp.0)
+        };
+        let once = run(2);
+        assert_eq!(once.len(), 3);
+        assert_eq!(run(2), once, "same names, same bytes");
+        assert_eq!(read_series(&tmp.0, "s").unwrap().len(), 5, "not duplicated");
+        let wider = run(10);
+        assert_eq!(wider.len(), 1, "parts 1 and 2 of the earlier run are gone: {:?}", wider.keys());
+        assert_eq!(read_series(&tmp.0, "s").unwrap().len(), 5);
+    }
+
+    #[test]
+    fn raw_series_keep_partition_and_offset() {
+        let tmp = TempDir::new("raw");
+        let fields = names(&["price", "size"]);
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        // The same symbol and time from two partitions, arriving out of order.
+        w.write_raw("trades", &fields, "AAPL", 5, &[10.0, 1.0], 1, 40).unwrap();
+        w.write_raw("trades", &fields, "AAPL", 5, &[10.5, 2.0], 0, 7).unwrap();
+        w.write_raw("trades", &fields, "AAPL", 4, &[9.5, 3.0], 1, 39).unwrap();
+        w.finish().unwrap();
+        let files = series_files(&tmp.0, "trades").unwrap();
+        let part = read_part(&files[0]).unwrap();
+        assert!(part.raw);
+        let got: Vec<(i64, Option<i32>, Option<i64>)> =
+            part.rows.iter().map(|r| (r.ts, r.partition, r.offset)).collect();
+        assert_eq!(got, [(4, Some(1), Some(39)), (5, Some(0), Some(7)), (5, Some(1), Some(40))]);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
+        let schema = builder.schema();
+        assert_eq!(schema.field_with_name("partition").unwrap().data_type(), &DataType::Int32);
+        assert_eq!(schema.field_with_name("offset").unwrap().data_type(), &DataType::Int64);
+        assert_eq!(schema.metadata().get(META_KIND).map(String::as_str), Some("raw"));
+        let sorting = builder.metadata().row_group(0).sorting_columns().unwrap();
+        assert_eq!(sorting.iter().map(|s| s.column_idx).collect::<Vec<_>>(), [0, 1, 4, 5]);
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_a_clear_error_and_leaves_no_file() {
+        let tmp = TempDir::new("blocked");
+        let fields = names(&["price", "size"]);
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        fs::write(tmp.0.join("series=trades"), b"not a directory").unwrap();
+        w.write_raw("trades", &fields, "AAPL", 5, &[10.0, 1.0], 0, 1).unwrap();
+        let err = w.advance(HOUR).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("series=trades"), "{message}");
+        assert!(message.contains("a file is in the way"), "{message}");
+        assert!(err.is_retryable());
+        assert_eq!(w.stats().buffered_rows, 1, "the rows stay buffered");
+
+        // Once the file is moved, the next advance writes the bucket.
+        fs::remove_file(tmp.0.join("series=trades")).unwrap();
+        w.advance(HOUR).unwrap();
+        assert_eq!(read_series(&tmp.0, "trades").unwrap().len(), 1);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_full_disk_reads_as_such_and_leaves_no_file() {
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let tmp = TempDir::new("full");
+        let fields = names(&["v"]);
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        w.write("s", &fields, "X", 1, &[1.0]).unwrap();
+        // The temp file's name is a link to /dev/full, where every write
+        // fails with ENOSPC.
+        let dir = tmp.0.join("series=s/date=1970-01-01");
+        fs::create_dir_all(&dir).unwrap();
+        let name = part_name(0, 0, 0);
+        std::os::unix::fs::symlink("/dev/full", dir.join(format!(".{name}.tmp"))).unwrap();
+        let err = w.advance(HOUR).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&*dir.join(&name).to_string_lossy()), "{message}");
+        assert!(message.contains("the disk is full"), "{message}");
+        assert_eq!(io::Error::from(err).kind(), io::ErrorKind::StorageFull);
+        assert!(!dir.join(&name).exists());
+        assert_no_temp_files(&tmp.0);
+
+        w.advance(HOUR).unwrap();
+        assert_eq!(read_series(&tmp.0, "s").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn config_has_defaults_refuses_unknown_options_and_checks_ranges() {
+        let config: ArchiveConfig = serde_json::from_str(r#"{"dir": "/tmp/a"}"#).unwrap();
+        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, zstd_level, fsync } = config;
+        assert_eq!(dir, Path::new("/tmp/a"));
+        assert_eq!((roll_interval_ms, max_rows_per_file, zstd_level, fsync), (3_600_000, 1_000_000, 3, true));
+        let unknown = serde_json::from_str::<ArchiveConfig>(r#"{"dir": "a", "roll_ms": 5}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `roll_ms`"), "{unknown}");
+
+        let tmp = TempDir::new("config");
+        let check = |c: ArchiveConfig| Archive::new(c).unwrap_err().to_string();
+        let base = ArchiveConfig::new(&tmp.0);
+        assert!(check(ArchiveConfig { roll_interval_ms: 0, ..base.clone() }).contains("roll_interval_ms = 0"));
+        assert!(check(ArchiveConfig { max_rows_per_file: 0, ..base.clone() }).contains("max_rows_per_file = 0"));
+        assert!(check(ArchiveConfig { zstd_level: 23, ..base.clone() }).contains("zstd levels run from 1 to 22"));
+        assert!(!tmp.0.exists(), "nothing created for a bad config");
+
+        fs::write(&tmp.0, b"a file").unwrap();
+        let message = check(base);
+        assert!(message.contains("creating the archive directory"), "{message}");
+        fs::remove_file(&tmp.0).unwrap();
+    }
+
+    #[test]
+    fn series_keep_their_name_fields_and_kind() {
+        let tmp = TempDir::new("series");
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        let fields = names(&["a", "b"]);
+        w.write("s", &fields, "X", 1, &[1.0, 2.0]).unwrap();
+        let err = |r: Result<(), ArchiveError>| r.unwrap_err().to_string();
+        assert!(err(w.write("s", &names(&["a"]), "X", 1, &[1.0])).contains("first written with fields"));
+        assert!(err(w.write_raw("s", &fields, "X", 1, &[1.0, 2.0], 0, 0)).contains("as output and now as raw"));
+        assert!(err(w.write("s", &fields, "X", 1, &[1.0])).contains("1 values for 2 fields"));
+        for bad in ["", "../up", "a/b", ".hidden", "a=b"] {
+            assert!(err(w.write(bad, &fields, "X", 1, &[1.0, 2.0])).contains("cannot be archived"), "{bad}");
+        }
+        assert!(err(w.write("t", &names(&["ts"]), "X", 1, &[1.0])).contains("name of a column"));
+        assert!(err(w.write("t", &names(&["a", "a"]), "X", 1, &[1.0, 2.0])).contains("appears twice"));
+        assert!(err(w.write_raw("t", &names(&["offset"]), "X", 1, &[1.0], 0, 0)).contains("name of a column"));
+        // An output series may have a field called `offset`.
+        w.write("u", &names(&["offset"]), "X", 1, &[1.0]).unwrap();
+        assert_eq!(w.stats().buffered_rows, 2);
+    }
+
+    #[test]
+    fn it_stands_in_as_a_chains_output() {
+        let tmp = TempDir::new("output");
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        let out: &mut dyn OutputWriter = &mut w;
+        let fields = names(&["sma"]);
+        out.write("sma_20", &fields, "AAPL", 60_000, &[101.25]).unwrap();
+        assert_eq!(out.write("no/such", &fields, "AAPL", 1, &[1.0]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        out.finish().unwrap();
+        let rows = read_series(&tmp.0, "sma_20").unwrap();
+        assert_eq!(
+            bits(&rows),
+            bits(&[ArchivedRow {
+                symbol: "AAPL".into(),
+                ts: 60_000,
+                values: vec![101.25],
+                partition: None,
+                offset: None
+            }])
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! The InfluxDB sink: samples as line protocol, batched, gzipped and posted
+//! by one writer thread that retries until every line is written.
+//!
+//! Each dataflow worker holds an [`InfluxWriter`] and formats its samples
+//! straight into a local buffer, with no lock per sample. Full buffers (or,
+//! at the latest, the dataflow's [`InfluxWriter::hand_over`] when its
+//! frontier moves) go to the sink's writer thread, which gathers them into
+//! requests of `batch_points` points and posts them.
+//!
+//! Delivery:
+//! - Nothing is dropped because the server is down, slow or misconfigured:
+//!   the same request is retried with exponential backoff for as long as
+//!   it takes. Meanwhile at most `buffer_points` points wait, and writers
+//!   that would go past that block (back-pressure) until the server is back.
+//! - Only the server's own verdict drops points: a 400 (say, a field type
+//!   conflict) cannot be fixed by retrying, so its points are counted as
+//!   rejected and logged with the server's message.
+//! - InfluxDB overwrites a point with the same measurement, tags and time,
+//!   so writing a point twice (a retry after a lost answer, a replay after a
+//!   crash) leaves the same contents.
+//!
+//! We speak HTTP ourselves instead of using the `influxdb2` crate: it only
+//! speaks the v2 API (we need v1 too, for InfluxDB 1.x), cannot gzip
+//! request bodies, and builds a `DataPoint` object per point where we
+//! format each sample straight into the request text.
+//!
+//! | file | what it owns |
+//! | --- | --- |
+//! | `influx.rs` | the sink, the per-worker writer, the state they share |
+//! | `influx/config.rs` | `[sinks.influx]`, validated and resolved |
+//! | `influx/line.rs` | line protocol: escaping, numbers, what cannot be written |
+//! | `influx/poster.rs` | the writer thread: batches, gzip, HTTP, retries |
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use tracing::{error, info, warn};
+
+mod config;
+mod line;
+mod poster;
+#[cfg(test)]
+mod tests;
+
+pub use config::{InfluxApi, InfluxConfig, Secret};
+use line::{Skip, TagSet, push_line};
+use poster::Poster;
+
+/// What went wrong in the InfluxDB sink, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum InfluxError {
+    /// A key of `[sinks.influx]` is missing, misplaced or out of range.
+    #[error("[sinks.influx] `{key}` {problem}")]
+    Config {
+        /// The key to fix.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The HTTP client could not be set up (TLS roots, system resources).
+    #[error("the InfluxDB sink cannot set up its HTTP client: {0}")]
+    Client(String),
+    /// The writer thread could not be started.
+    #[error("the InfluxDB sink cannot start its writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Points were handed over after the sink was closed.
+    #[error(
+        "{points} points were handed to the InfluxDB sink after it closed, and were not written; finish every writer before closing the sink"
+    )]
+    Closed {
+        /// Points not written.
+        points: u64,
+    },
+    /// The writer thread died (a bug: see the panic in the log).
+    #[error(
+        "the InfluxDB sink's writer thread stopped unexpectedly (see the panic above); {points} points were not written: restart from the last checkpoint"
+    )]
+    Stopped {
+        /// Points handed over and not written.
+        points: u64,
+    },
+    /// Closing ran out of time before everything was written.
+    #[error(
+        "closing the InfluxDB sink: {points} points were still not written after close_timeout_ms ({timeout_ms} ms); last error: {last_error}. Fix the server, then replay from the last checkpoint"
+    )]
+    Unwritten {
+        /// Points not written.
+        points: u64,
+        /// `close_timeout_ms`.
+        timeout_ms: u64,
+        /// The last failure seen.
+        last_error: String,
+    },
+}
+
+/// Counts since the sink started, as [`InfluxSink::stats`] saw them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InfluxStats {
+    /// Points the server accepted.
+    pub points_written: u64,
+    /// Requests the server accepted.
+    pub batches_written: u64,
+    /// Request bodies sent (after gzip), counting every attempt that got an
+    /// answer.
+    pub bytes_sent: u64,
+    /// Failed attempts that were (or are being) retried.
+    pub retries: u64,
+    /// Points the server refused (400: e.g. a field type conflict) or that
+    /// were too large to send on their own (413); not retried.
+    pub points_rejected: u64,
+    /// Points left out because none of their fields was finite (line
+    /// protocol has no NaN or infinity; such fields alone are dropped).
+    pub points_skipped_non_finite: u64,
+    /// Points left out because line protocol cannot carry their names or
+    /// time: a line break in a name, a backslash at its end or before `,`,
+    /// `=` or a space, a measurement starting with `#`, or a time outside
+    /// InfluxDB's range (years 1677 to 2262).
+    pub points_skipped_unwritable: u64,
+    /// Points handed over and not yet written or rejected.
+    pub buffered_points: u64,
+    /// The last failure, if any (kept after recovery).
+    pub last_error: Option<String>,
+}
+
+/// The InfluxDB sink: one writer thread, fed by [`InfluxWriter`]s.
+///
+/// Close it with [`InfluxSink::close`] to learn whether everything was
+/// written. Dropping it instead lets the thread write what is left (for up
+/// to `close_timeout_ms`) in the background.
+pub struct InfluxSink {
+    shared: Arc<Shared>,
+    tags: Arc<TagSet>,
+    batch_points: usize,
+    flush_interval: Duration,
+    close_timeout_ms: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl InfluxSink {
+    /// Validates `config` and starts the writer thread. Nothing is sent
+    /// until points are written: an unreachable server is not an error here
+    /// (writes wait for it).
+    pub fn start(config: InfluxConfig) -> Result<InfluxSink, InfluxError> {
+        let endpoint = config.resolve()?;
+        let tags = Arc::new(TagSet::new(&config.tags));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            to_thread: Condvar::new(),
+            to_writers: Condvar::new(),
+            counters: Counters::default(),
+            buffer_points: config.buffer_points as u64,
+        });
+        info!(
+            url = %endpoint.base, api = config.api.name(), target = %endpoint.target,
+            "InfluxDB sink started: writing batches of up to {} points", config.batch_points
+        );
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let thread_shared = shared.clone();
+        let thread_config = config.clone();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("influx-writer".into())
+            .spawn(move || {
+                // The blocking client runs its own runtime, and may not be
+                // built or dropped inside an async one: build it here, on a
+                // thread that is ours, whatever thread calls `start`.
+                let built = Client::builder()
+                    .timeout(timeout)
+                    // A redirected POST turns into a GET: better to report
+                    // the 3xx as a wrong `url`.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("tickfold/", env!("CARGO_PKG_VERSION")))
+                    .build();
+                match built {
+                    Ok(client) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Poster::new(thread_shared, client, endpoint, &thread_config).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(InfluxError::Client(poster::error_chain(&e))));
+                    }
+                }
+            })
+            .map_err(InfluxError::Spawn)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(InfluxError::Client("the writer thread ended while building the client".into())),
+        }
+        Ok(InfluxSink {
+            shared,
+            tags,
+            batch_points: config.batch_points,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            close_timeout_ms: config.close_timeout_ms,
+            thread: Some(thread),
+        })
+    }
+
+    /// A new writer, for one dataflow worker.
+    pub fn writer(&self) -> InfluxWriter {
+        InfluxWriter {
+            shared: self.shared.clone(),
+            tags: self.tags.clone(),
+            lines: String::new(),
+            points: 0,
+            since: Instant::now(),
+            batch_points: self.batch_points,
+            flush_interval: self.flush_interval,
+            warned_unwritable: false,
+        }
+    }
+
+    /// Blocks until every point handed over before the call has been
+    /// written (or rejected by the server: see [`InfluxStats`]), posting
+    /// them without waiting for the flush interval. While the server is
+    /// down this waits for it, as writers do.
+    pub fn sync(&self) -> Result<(), InfluxError> {
+        let mut state = self.shared.lock();
+        let target = state.handed;
+        state.flush_through = state.flush_through.max(target);
+        self.shared.to_thread.notify_one();
+        while state.settled < target {
+            if state.stopped.is_some() {
+                return Err(InfluxError::Stopped { points: state.handed - state.settled });
+            }
+            state = self.shared.to_writers.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(())
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> InfluxStats {
+        self.shared.stats()
+    }
+
+    /// Writes everything handed over (trying for at most
+    /// `close_timeout_ms`) and stops the writer thread. Finish every
+    /// writer first: points handed over after this are refused.
+    pub fn close(mut self) -> Result<InfluxStats, InfluxError> {
+        self.begin_close();
+        let thread = self.thread.take().expect("only close and drop take the thread");
+        let panicked = thread.join().is_err();
+        let stats = self.shared.stats();
+        if panicked {
+            return Err(InfluxError::Stopped { points: stats.buffered_points });
+        }
+        if stats.buffered_points > 0 {
+            return Err(InfluxError::Unwritten {
+                points: stats.buffered_points,
+                timeout_ms: self.close_timeout_ms,
+                last_error: stats.last_error.unwrap_or_else(|| "none".into()),
+            });
+        }
+        info!(
+            points_written = stats.points_written,
+            points_rejected = stats.points_rejected,
+            batches_written = stats.batches_written,
+            "InfluxDB sink closed"
+        );
+        Ok(stats)
+    }
+
+    fn begin_close(&self) {
+        let mut state = self.shared.lock();
+        if state.closing.is_none() {
+            state.closing = Some(Instant::now() + Duration::from_millis(self.close_timeout_ms));
+        }
+        self.shared.to_thread.notify_one();
+    }
+}
+
+impl Drop for InfluxSink {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.begin_close();
+        }
+    }
+}
+
+/// One dataflow worker's writer: formats samples into a local buffer and
+/// hands it to the sink's thread when it holds `batch_points` points, when
+/// its oldest line is `flush_interval_ms` old, or when told to.
+///
+/// Handing over blocks while the sink's buffer is full (back-pressure).
+/// Dropping a writer hands over what it holds.
+pub struct InfluxWriter {
+    shared: Arc<Shared>,
+    tags: Arc<TagSet>,
+    /// Lines not yet handed over, each ending in `\n`.
+    lines: String,
+    points: usize,
+    /// When the first line in `lines` was written.
+    since: Instant,
+    batch_points: usize,
+    flush_interval: Duration,
+    warned_unwritable: bool,
+}
+
+impl InfluxWriter {
+    /// Sends the lines written so far to the sink's thread, waiting while
+    /// the sink already holds `buffer_points` unwritten points. Call it
+    /// when the worker's frontier moves, so that a quiet worker's last
+    /// points do not wait for more.
+    pub fn hand_over(&mut self) -> Result<(), InfluxError> {
+        if self.points == 0 {
+            return Ok(());
+        }
+        let points = std::mem::take(&mut self.points) as u64;
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        while state.stopped.is_none() && state.handed - state.settled + points > shared.buffer_points {
+            state = shared.to_writers.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(stop) = state.stopped {
+            drop(state);
+            self.lines.clear();
+            return Err(match stop {
+                Stop::Panicked => InfluxError::Stopped { points },
+                Stop::Closed | Stop::GaveUp => InfluxError::Closed { points },
+            });
+        }
+        // Swap in an emptied buffer the thread gave back, keeping its capacity.
+        let spare = state.spare.pop().unwrap_or_default();
+        let lines = std::mem::replace(&mut self.lines, spare);
+        state.queue.push_back(Chunk { lines, start: 0, points, since: self.since });
+        state.handed += points;
+        drop(state);
+        shared.to_thread.notify_one();
+        Ok(())
+    }
+}
+
+impl crate::exec::OutputWriter for InfluxWriter {
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> std::io::Result<()> {
+        if self.points == 0 {
+            self.since = Instant::now();
+        }
+        match push_line(&mut self.lines, &self.tags, series, fields, symbol, ts, values) {
+            Ok(()) => self.points += 1,
+            Err(Skip::NonFinite) => {
+                self.shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Skip::Unwritable) => {
+                self.shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
+                // Once per writer: the counter tells the rest.
+                if !std::mem::replace(&mut self.warned_unwritable, true) {
+                    warn!(
+                        series, symbol, ts, fields = ?fields,
+                        "a point cannot be written as InfluxDB line protocol (a line break in a name, a backslash at its end or before `,`, `=` or a space, a measurement starting with `#`, or a time outside 1677-2262), so it is left out; further ones are only counted in points_skipped_unwritable"
+                    );
+                }
+            }
+        }
+        if self.points >= self.batch_points || (self.points > 0 && self.since.elapsed() >= self.flush_interval) {
+            self.hand_over().map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.hand_over().map_err(std::io::Error::other)
+    }
+}
+
+impl Drop for InfluxWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.hand_over() {
+            error!("{e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What writers and the thread share
+
+/// Lines one writer handed over.
+struct Chunk {
+    lines: String,
+    /// Bytes of `lines` already taken into a request.
+    start: usize,
+    /// Points in `lines[start..]`.
+    points: u64,
+    /// When its oldest line was written.
+    since: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Closed, everything written.
+    Closed,
+    /// Closed, and gave up at `close_timeout_ms`.
+    GaveUp,
+    /// The thread panicked.
+    Panicked,
+}
+
+#[derive(Default)]
+struct State {
+    /// Handed over, not yet taken by the thread.
+    queue: VecDeque<Chunk>,
+    /// Points ever handed over. Counted under the same lock as the push
+    /// onto `queue`, so counts and queue order agree: when `settled`
+    /// reaches a value of `handed`, everything handed over before is done.
+    handed: u64,
+    /// Points written or rejected; the thread settles them in order.
+    settled: u64,
+    /// `sync` wants everything up to this count posted without waiting for
+    /// the flush interval.
+    flush_through: u64,
+    /// When closing must be done by.
+    closing: Option<Instant>,
+    /// Why the thread stopped, once it has.
+    stopped: Option<Stop>,
+    /// Emptied line buffers the thread gives back, so writers reuse their
+    /// capacity instead of growing new ones.
+    spare: Vec<String>,
+}
+
+/// Enough spare buffers for a few workers, without hoarding memory.
+const MAX_SPARE_BUFFERS: usize = 8;
+
+#[derive(Default)]
+struct Counters {
+    points_written: AtomicU64,
+    batches_written: AtomicU64,
+    bytes_sent: AtomicU64,
+    retries: AtomicU64,
+    points_rejected: AtomicU64,
+    points_skipped_non_finite: AtomicU64,
+    points_skipped_unwritable: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the thread: lines handed over, a sync, closing.
+    to_thread: Condvar,
+    /// Wakes writers and `sync`: points settled, the thread stopped.
+    to_writers: Condvar,
+    counters: Counters,
+    buffer_points: u64,
+}
+
+impl Shared {
+    /// The state; a panic elsewhere leaves it consistent (counts and a
+    /// queue, each updated in one step), so a poisoned lock is used as is.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> InfluxStats {
+        let c = &self.counters;
+        let buffered_points = {
+            let state = self.lock();
+            state.handed - state.settled
+        };
+        InfluxStats {
+            points_written: c.points_written.load(Ordering::Relaxed),
+            batches_written: c.batches_written.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            points_rejected: c.points_rejected.load(Ordering::Relaxed),
+            points_skipped_non_finite: c.points_skipped_non_finite.load(Ordering::Relaxed),
+            points_skipped_unwritable: c.points_skipped_unwritable.load(Ordering::Relaxed),
+            buffered_points,
+            last_error: c.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+
+    fn set_last_error(&self, message: &str) {
+        *self.counters.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.to_string());
+    }
+}
+
+/// Marks the sink stopped when the thread ends, however it ends, so that
+/// no writer or `sync` waits for it forever.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if state.stopped.is_none() {
+            state.stopped = Some(if std::thread::panicking() { Stop::Panicked } else { Stop::Closed });
+        }
+        drop(state);
+        self.0.to_writers.notify_all();
+    }
+}

@@ -1,0 +1,171 @@
+//! `tickfold run` as a user runs it, against real services: a seeded topic
+//! (4 partitions; out-of-order, late and malformed records) in tansu, the
+//! host with 2 workers, InfluxDB 1.x over the v1 API, the Parquet archive.
+//! What InfluxDB holds is checked against the references, every good trade
+//! is in the archive exactly once, and every bad or late record is in the
+//! dead-letter topic.
+
+use std::collections::BTreeMap;
+
+use tickfold::sink::archive::read_series;
+
+use crate::conformance::{Out, assert_same};
+use crate::pipeline::{PARTITIONS, Scenario, check_dead_letters, read_dead_letters};
+use crate::support::{Influxd, Tansu, TempDir, plugin_wasm};
+
+/// Every point of `measurement`, per symbol, as outputs with `fields` in
+/// this order.
+fn influx_series(influx: &Influxd, measurement: &str, fields: &[&str]) -> Vec<Out> {
+    let answer = influx.query("tickfold", &format!("SELECT * FROM \"{measurement}\" GROUP BY \"symbol\""));
+    let mut out = Vec::new();
+    for series in answer["results"][0]["series"].as_array().cloned().unwrap_or_default() {
+        let key = series["tags"]["symbol"].as_str().unwrap().to_string();
+        let columns: Vec<&str> = series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        for row in series["values"].as_array().unwrap() {
+            let at = |name: &str| &row[columns.iter().position(|c| *c == name).unwrap()];
+            out.push(Out {
+                series: measurement.into(),
+                key: key.clone(),
+                ts: at("time").as_i64().unwrap(),
+                values: fields.iter().map(|f| at(f).as_f64().unwrap()).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// InfluxDB keeps one point per series and time: of several outputs with
+/// the same key and time (trades in the same millisecond), the last.
+fn last_per_time(outs: Vec<Out>) -> Vec<Out> {
+    let mut last: BTreeMap<(String, String, i64), Out> = BTreeMap::new();
+    for o in outs {
+        last.insert((o.series.clone(), o.key.clone(), o.ts), o);
+    }
+    last.into_values().collect()
+}
+
+#[test]
+fn tickfold_run_fills_influxdb_and_the_archive_and_dead_letters_the_rest() {
+    let broker = Tansu::start();
+    broker.create_topic("trades", PARTITIONS as u32);
+    broker.create_topic("trades.dead-letter", 1);
+    let influx = Influxd::start();
+    influx.create_database("tickfold");
+    let scenario = Scenario::new(77, 6_000);
+    scenario.produce(&broker, "trades");
+
+    let dir = TempDir::new("end-to-end");
+    let config = format!(
+        r#"
+workers = 2
+[kafka]
+brokers = "{brokers}"
+topic = "trades"
+allowed_lateness_ms = 2000
+idle_timeout_ms = 600000
+max_batch = 500
+stop_when_idle_ms = 1500
+
+[[plugin]]
+wasm = "{ohlcv}"
+input = "trades"
+params = {{ window = "1m" }}
+rename = {{ bars = "bars_1m" }}
+
+[[plugin]]
+wasm = "{rsi}"
+input = "bars_1m"
+params = {{ period = 14 }}
+rename = {{ rsi = "rsi_14" }}
+
+[[plugin]]
+wasm = "{vwap}"
+input = "trades"
+
+[sinks.influx]
+url = "{url}"
+api = "v1"
+database = "tickfold"
+flush_interval_ms = 100
+tags = {{ host = "e2e" }}
+
+[sinks.archive]
+dir = "archive"
+roll_interval_ms = 600000
+max_rows_per_file = 1500
+"#,
+        brokers = broker.bootstrap(),
+        ohlcv = plugin_wasm("ohlcv").display(),
+        rsi = plugin_wasm("rsi").display(),
+        vwap = plugin_wasm("vwap").display(),
+        url = influx.url(),
+    );
+    let config_path = dir.path().join("tickfold.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("TICKFOLD_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tickfold run failed:\n{stderr}");
+
+    let expected = scenario.expected();
+    // InfluxDB: bars, RSI and VWAP as the references compute them.
+    let bars = influx_series(&influx, "bars_1m", &["open", "high", "low", "close", "volume", "vwap", "count"]);
+    assert_same("InfluxDB bars_1m", bars, expected.bars.clone());
+    assert_same("InfluxDB rsi_14", influx_series(&influx, "rsi_14", &["rsi"]), expected.rsi.clone());
+    let vwap = influx_series(&influx, "vwap", &["vwap", "volume", "rolling_vwap", "rolling_volume"]);
+    assert_same("InfluxDB vwap", vwap, last_per_time(expected.vwap.clone()));
+    // The configured tag is on every point.
+    let tagged = influx.query("tickfold", "SELECT count(\"rsi\") FROM \"rsi_14\" WHERE \"host\" = 'e2e'");
+    assert_eq!(tagged["results"][0]["series"][0]["values"][0][1].as_u64(), Some(expected.rsi.len() as u64));
+
+    // The archive: every good trade exactly once, bit for bit, with where
+    // it was read; every output series in full.
+    let archive = dir.path().join("archive");
+    let mut trades = read_series(&archive, "trades").unwrap();
+    trades.sort_by_key(|r| (r.partition, r.offset));
+    let good = scenario.good();
+    assert_eq!(trades.len(), good.len(), "every good trade archived once");
+    for (row, (p, o, t)) in trades.iter().zip(&good) {
+        assert_eq!((row.partition, row.offset), (Some(*p), Some(*o)));
+        assert_eq!((row.symbol.as_str(), row.ts), (t.symbol.as_str(), t.ts));
+        assert_eq!(row.values, vec![t.price, t.size]);
+    }
+    let as_outs = |series: &str| -> Vec<Out> {
+        read_series(&archive, series)
+            .unwrap()
+            .into_iter()
+            .map(|r| Out { series: series.into(), key: r.symbol, ts: r.ts, values: r.values })
+            .collect()
+    };
+    assert_same("archived bars_1m", as_outs("bars_1m"), expected.bars);
+    assert_same("archived rsi_14", as_outs("rsi_14"), expected.rsi);
+    // Every VWAP output, ties in time included (the archive keeps them all).
+    assert_eq!(as_outs("vwap").len(), expected.vwap.len());
+    assert!(
+        std::fs::read_dir(archive.join("series=trades")).unwrap().count() >= 1
+            && walk(&archive).iter().all(|p| p.extension().is_some_and(|e| e == "parquet")),
+        "only finished .parquet files under the archive"
+    );
+
+    let dead = scenario.dead();
+    let letters = read_dead_letters(&broker, "trades.dead-letter", dead.len());
+    check_dead_letters(&scenario, "trades", &letters);
+    assert!(stderr.contains(&format!("{} dead-lettered", dead.len())), "the summary counts dead letters:\n{stderr}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The host's benchmark, in one run on one machine, against real services
+# (tansu's memory engine, InfluxDB 1.x from Debian), release build:
+#   (a) the raw drain rate of the topic (a bare rdkafka consumer)
+#   (b) trades/s through the host, standard plugin set, both sinks, from the
+#       topic preloaded with BENCH_TRADES trades, with 1 and 2 workers
+#   (c) the same from a file
+#   (d) where the CPU time went (printed with (b) and (c))
+#   (e) latency from a trade to the InfluxDB write carrying its VWAP, at a
+#       steady BENCH_RATE trades/s, InfluxDB flush interval 10 ms
+#
+#   BENCH_TRADES (default 10000000)  BENCH_RATE (default 100000)  BENCH_SECONDS (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+trades=${BENCH_TRADES:-10000000}
+
+scripts/install-plugin-toolchain.sh
+scripts/install-services.sh
+scripts/build-plugins.sh >/dev/null
+cargo build --quiet --release -p tickfold
+tickfold=$root/target/release/tickfold
+
+state=$root/target/bench
+rm -rf "$state"
+mkdir -p "$state"
+source scripts/lib/services.sh
+trap 'kill $(jobs -p) 2>/dev/null || true; stop_services' EXIT
+
+start_tansu "$state/tansu"
+start_influxd "$state/influxdb"
+influxql tickfold "CREATE DATABASE tickfold" >/dev/null
+create_topic bench 4
+create_topic bench.dead-letter 1
+create_topic latency 4
+create_topic latency.dead-letter 1
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "== preloading $trades trades into topic bench (4 partitions)"
+start_ms=1767623400000
+$tickfold produce --brokers "$BROKERS" --topic bench --trades "$trades" --rate 10000 \
+  --start-ms $start_ms --as-fast-as-possible --seed 1 2>&1 | tail -1
+
+echo "== (a) raw drain rate"
+$tickfold bench drain --brokers "$BROKERS" --topic bench --expect "$trades"
+
+export TICKFOLD__KAFKA__BROKERS=$BROKERS
+export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
+export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
+export TICKFOLD__KAFKA__STOP_WHEN_IDLE_MS=2000
+export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
+for workers in 1 2; do
+  echo "== (b, d) the host over the topic, $workers worker(s), standard plugin set, InfluxDB + Parquet"
+  rm -rf "$state/archive"
+  TICKFOLD__KAFKA__TOPIC=bench TICKFOLD__WORKERS=$workers \
+    $tickfold bench pipeline --config examples/tickfold.toml
+done
+
+echo "== (c, d) the same from a file"
+$tickfold generate --output "$state/trades.csv" --trades "$trades" --rate 10000 --start-ms $start_ms --seed 1
+rm -rf "$state/archive"
+TICKFOLD__WORKERS=2 $tickfold bench pipeline --config examples/tickfold.toml --input "$state/trades.csv"
+
+echo "== (e) latency at ${BENCH_RATE:-100000} trades/s"
+TICKFOLD__KAFKA__TOPIC=latency TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__IDLE_TIMEOUT_MS=200 \
+  $tickfold bench latency --config examples/tickfold.toml --rate "${BENCH_RATE:-100000}" --seconds "${BENCH_SECONDS:-30}"
