@@ -6,7 +6,7 @@
 # prints what InfluxDB holds every few seconds. Ctrl-C stops everything.
 #
 #   DEMO_SECONDS=N   stop by itself after N seconds (default: run until Ctrl-C)
-#   DEMO_RATE=N      live trades per second (default 500)
+#   DEMO_RATE=N      trades per second (default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,13 +34,13 @@ influxql tickfold "CREATE DATABASE tickfold" >/dev/null
 echo "tickfold: broker at $BROKERS, InfluxDB at $INFLUX_URL (database tickfold)"
 
 symbols=AAPL,MSFT,NVDA,BTC-USD,ETH-USD
+rate=${DEMO_RATE:-200}
 now_ms=$(($(date +%s) * 1000))
-echo "tickfold: preloading an hour of history (720k trades)"
+# One market: its first hour is history (sent at once), then it goes on
+# live at $rate trades/s, each trade sent when the clock reaches it.
+echo "tickfold: feeding the topic: an hour of history ($((rate * 3600)) trades), then $rate trades/s live"
 $tickfold produce --brokers "$BROKERS" --topic trades --symbols $symbols --seed 1 \
-  --start-ms $((now_ms - 3600000)) --rate 200 --trades 720000 --as-fast-as-possible 2>&1 | tail -1
-echo "tickfold: live trades at ${DEMO_RATE:-500}/s from now on"
-$tickfold produce --brokers "$BROKERS" --topic trades --symbols $symbols --seed 2 \
-  --start-ms "$now_ms" --rate "${DEMO_RATE:-500}" --trades 1000000000 >"$state/produce.log" 2>&1 &
+  --start-ms $((now_ms - 3600000)) --rate "$rate" --trades 1000000000 >"$state/produce.log" 2>&1 &
 
 export TICKFOLD__KAFKA__BROKERS=$BROKERS
 export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
@@ -72,6 +72,9 @@ def last(measurement, fields):
         rows[s["tags"]["symbol"]] = dict(zip(s["columns"], s["values"][0]))
     return rows
 vwap, bars, rsi = last("vwap", ["vwap", "rolling_vwap"]), last("bars_1m", ["close", "volume"]), last("rsi_14", ["rsi"])
+# Several selectors in one query give no time: ask for the last trade's alone.
+for s in q('SELECT last("vwap") FROM "vwap" GROUP BY "symbol"'):
+    vwap.setdefault(s["tags"]["symbol"], {})["time"] = s["values"][0][0]
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
 print(f"── {now} UTC ─ InfluxDB: SELECT last(…) FROM vwap, bars_1m, rsi_14 GROUP BY symbol")
 print(f"{'symbol':8} {'last trade (UTC)':>17} {'session vwap':>13} {'5m vwap':>10} {'last 1m close':>14} {'volume':>8} {'rsi 14':>7}")

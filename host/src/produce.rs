@@ -4,9 +4,11 @@
 //! motion per symbol) or from a CSV/JSONL/Parquet file of trades, are
 //! encoded as flat JSON (`{"symbol","ts","price","size"}`), and keyed by
 //! symbol so that a symbol always lands in the same partition (and its
-//! trades stay in order there). Paced, event time follows the wall clock
-//! (the market at the requested rate, a file as recorded, times `speed`);
-//! unpaced, it is a preload as fast as the broker takes it.
+//! trades stay in order there). Paced, a synthetic trade is sent when the
+//! wall clock reaches its event time (so a start in the past sends that
+//! history at once and then goes on live), and a file plays as recorded
+//! (times `speed`); unpaced, everything is a preload as fast as the broker
+//! takes it.
 
 use std::time::{Duration, Instant};
 
@@ -147,14 +149,25 @@ pub fn produce(
             return Ok(false);
         }
         if options.paced {
-            let (origin, speed) = match &options.feed {
-                Feed::Synthetic { start_ms, .. } => (*start_ms, 1.0),
-                Feed::File { speed, .. } => (*first_ts.get_or_insert(ts), *speed),
+            let wait = match &options.feed {
+                // Event time is wall time: a start in the past is history,
+                // sent at once, and the market goes on live from now.
+                Feed::Synthetic { .. } => {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    Duration::from_millis((ts - now_ms).max(0) as u64)
+                }
+                // As recorded, from the file's first trade, times `speed`.
+                Feed::File { speed, .. } => {
+                    let origin = *first_ts.get_or_insert(ts);
+                    let due = Duration::from_secs_f64((ts - origin).max(0) as f64 / 1000.0 / speed);
+                    due.saturating_sub(started.elapsed())
+                }
                 // A live feed paces itself.
-                Feed::Finnhub { .. } => (ts, 1.0),
+                Feed::Finnhub { .. } => Duration::ZERO,
             };
-            let due = Duration::from_secs_f64((ts - origin).max(0) as f64 / 1000.0 / speed);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+            if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
         }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::decode::{Decoder, Trade};
 use crate::source::Row;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -105,10 +105,28 @@ pub fn owned_partitions(partitions: usize, index: usize, workers: usize) -> Vec<
     (0..partitions).filter(|p| p % workers == index).map(|p| p as i32).collect()
 }
 
+/// The consumer's callbacks: librdkafka reports reaching a partition's
+/// end as a global error too; that is news, not an error.
+#[derive(Clone, Copy, Default)]
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!("{reason}")
+            }
+            e => tracing::error!("Kafka consumer: {e}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 /// One partition's progress.
 struct Partition {
     id: i32,
-    queue: PartitionQueue<DefaultConsumerContext>,
+    queue: PartitionQueue<SourceContext>,
     /// Newest event time seen.
     max_ts: i64,
     /// Offset of the next record to read, once one has been read.
@@ -127,7 +145,7 @@ impl Partition {
 
 /// Reads one worker's partitions.
 pub struct PartitionReader {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<SourceContext>>,
     partitions: Vec<Partition>,
     options: ReaderOptions,
     decoder: Decoder,
@@ -170,7 +188,8 @@ impl PartitionReader {
         for (k, v) in &options.options {
             config.set(k, v);
         }
-        let consumer: Arc<BaseConsumer> = Arc::new(config.create().map_err(|e| client("creating a consumer", e))?);
+        let consumer: Arc<BaseConsumer<SourceContext>> =
+            Arc::new(config.create_with_context(SourceContext).map_err(|e| client("creating a consumer", e))?);
         let mut assignment = TopicPartitionList::new();
         for &(p, start) in partitions {
             let offset = match start {
