@@ -47,14 +47,18 @@ $tickfold bench drain --brokers "$BROKERS" --topic bench --expect "$trades"
 export TICKFOLD__KAFKA__BROKERS=$BROKERS
 export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
 export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
-export TICKFOLD__KAFKA__STOP_WHEN_IDLE_MS=2000
 export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
 for workers in 1 2; do
   echo "== (b, d) the host over the topic, $workers worker(s), standard plugin set, InfluxDB + Parquet"
   rm -rf "$state/archive"
-  TICKFOLD__KAFKA__TOPIC=bench TICKFOLD__WORKERS=$workers \
+  TICKFOLD__KAFKA__TOPIC=bench TICKFOLD__WORKERS=$workers TICKFOLD__KAFKA__STOP_AFTER_RECORDS=$trades \
     $tickfold bench pipeline --config examples/tickfold.toml
 done
+
+echo "== (b', d) 2 workers, the per-trade VWAP kept out of InfluxDB (archived only): the host without InfluxDB's ingest as the limit"
+rm -rf "$state/archive"
+TICKFOLD__KAFKA__TOPIC=bench TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__STOP_AFTER_RECORDS=$trades \
+  TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' $tickfold bench pipeline --config examples/tickfold.toml
 
 echo "== (c, d) the same from a file"
 $tickfold generate --output "$state/trades.csv" --trades "$trades" --rate 10000 --start-ms $start_ms --seed 1

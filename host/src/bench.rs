@@ -91,68 +91,93 @@ pub const HOST_CONSUMER_SETTINGS: [(&str, &str); 6] = [
 pub struct PipelineFigures {
     pub records: u64,
     pub outputs: u64,
-    /// From the first record read to the last output written.
+    /// From the first record read to the end of the run (every sink
+    /// written and closed).
     pub elapsed: Duration,
     /// Seconds of CPU per stage (workers) and per thread group (the rest).
     pub cpu: Vec<(String, f64)>,
+    /// Time workers spent blocked on a full sink buffer (back-pressure),
+    /// summed over workers; not CPU.
+    pub waited_on_sinks: Duration,
 }
 
 /// Runs the host as `config` says (with `file` instead of Kafka if given),
-/// sampling its counters to time the stretch from the first record to the
-/// last output, and splits the CPU time it used.
+/// timing the stretch from the first record read to the end of the run
+/// (the sinks closed), and splits the CPU time it used. Over Kafka, set
+/// `kafka.stop_after_records` to the topic's size: a quiet-period stop
+/// would add its wait to the time.
 pub fn pipeline(config: &Config, file: Option<&Path>) -> Result<PipelineFigures> {
-    let before = thread_cpu();
     let counters = Arc::new(RunCounters::default());
     let done = Arc::new(AtomicBool::new(false));
-    // First record, last change of outputs.
-    let marks: Arc<Mutex<(Option<Instant>, Instant, u64)>> = Arc::new(Mutex::new((None, Instant::now(), 0)));
+    // When the first record was read (sampled every millisecond), and
+    // every thread's CPU time as last seen (threads end with the run, and
+    // take their counts with them, so they are sampled while they live).
+    // The CPU counts are taken from then on too: compiling the plugins
+    // at start-up is not the pipeline's cost.
+    let first: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let threads: Arc<Mutex<ThreadTimes>> = Arc::default();
+    let baseline: Arc<Mutex<(ThreadTimes, f64)>> = Arc::default();
     let sampler = {
-        let (counters, done, marks) = (counters.clone(), done.clone(), marks.clone());
-        std::thread::spawn(move || {
+        let (counters, done, first, threads, baseline) =
+            (counters.clone(), done.clone(), first.clone(), threads.clone(), baseline.clone());
+        std::thread::Builder::new().name("bench-sampler".into()).spawn(move || {
+            let mut tick = 0u64;
             while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-                let records = counters.source.records.load(Ordering::Relaxed);
-                let outputs = counters.samples_out.load(Ordering::Relaxed);
-                let mut m = marks.lock().expect("marks");
-                if records > 0 && m.0.is_none() {
-                    m.0 = Some(Instant::now());
+                std::thread::sleep(Duration::from_millis(1));
+                if counters.source.records.load(Ordering::Relaxed) > 0 && first.lock().expect("first").is_none() {
+                    *baseline.lock().expect("baseline") = (thread_cpu(), process_cpu());
+                    *first.lock().expect("first") = Some(Instant::now());
                 }
-                if outputs != m.2 {
-                    m.1 = Instant::now();
-                    m.2 = outputs;
+                tick += 1;
+                if tick.is_multiple_of(50) {
+                    threads.lock().expect("threads").extend(thread_cpu());
                 }
             }
-        })
+        })?
     };
     let summary = crate::host::run_with(config, file, Arc::new(AtomicBool::new(false)), counters.clone());
+    let end = Instant::now();
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let summary = summary?;
-    let m = marks.lock().expect("marks");
-    let elapsed = match m.0 {
-        Some(first) => m.1.saturating_duration_since(first),
+    let elapsed = match *first.lock().expect("first") {
+        Some(first) => end.duration_since(first),
         None => bail!("the host read no records; is the topic (or file) empty?"),
     };
-    let after = thread_cpu();
+    let (before, process_before) = baseline.lock().expect("baseline").clone();
+    let mut seen = threads.lock().expect("threads").clone();
+    seen.extend(thread_cpu());
     let mut groups: BTreeMap<String, f64> = BTreeMap::new();
-    for (name, secs) in &after {
-        let spent = secs - before.get(name).copied().unwrap_or(0.0);
+    for (tid, (name, secs)) in &seen {
+        let spent = secs - before.get(tid).map_or(0.0, |b| b.1);
         if spent > 0.0 {
             *groups.entry(thread_group(name)).or_default() += spent;
         }
     }
+    // What no sample saw (threads shorter than a sample period).
+    let unseen = process_cpu() - process_before - groups.values().sum::<f64>();
+    if unseen > 0.0 {
+        *groups.entry("other (main, compile, sampler)".into()).or_default() += unseen;
+    }
     let workers = groups.remove("dataflow workers").unwrap_or(0.0);
     let t = &counters.times;
     let ns = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-    let (source, process, sinks) = (ns(&t.source_ns), ns(&t.process_ns), ns(&t.sinks_ns));
+    let (source, process, sinks, wait) =
+        (ns(&t.source_ns), ns(&t.process_ns), ns(&t.sinks_ns), ns(&t.sink_wait_ns));
     let mut cpu = vec![
         ("workers: reading partitions + decoding".to_string(), source),
         ("workers: plugins".to_string(), (process - sinks).max(0.0)),
-        ("workers: sink writes (line protocol, Arrow, Parquet)".to_string(), sinks),
-        ("workers: exchange, scheduling, idle polling".to_string(), (workers - source - process).max(0.0)),
+        ("workers: sink writes (line protocol, Arrow, Parquet)".to_string(), (sinks - wait).max(0.0)),
+        ("workers: exchange, scheduling, idle polling".to_string(), (workers - source - (process - wait)).max(0.0)),
     ];
     cpu.extend(groups);
-    Ok(PipelineFigures { records: summary.run.records, outputs: summary.run.samples_out, elapsed, cpu })
+    Ok(PipelineFigures {
+        records: summary.run.records,
+        outputs: summary.run.samples_out,
+        elapsed,
+        cpu,
+        waited_on_sinks: Duration::from_secs_f64(wait),
+    })
 }
 
 /// Which part of the host a thread belongs to, from its name.
@@ -169,29 +194,54 @@ fn thread_group(name: &str) -> String {
     group.to_string()
 }
 
-/// CPU seconds used so far by each thread of this process, by name
-/// (threads of one name summed). Read from /proc (Linux).
-fn thread_cpu() -> BTreeMap<String, f64> {
+/// CPU seconds per thread: thread id → (name, seconds).
+type ThreadTimes = BTreeMap<u64, (String, f64)>;
+
+/// CPU seconds this process has used, its ended threads included.
+fn process_cpu() -> f64 {
+    std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| stat_cpu_secs(&s)).unwrap_or(0.0)
+}
+
+/// utime + stime of a /proc `stat` line, in seconds.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    // Fields after the parenthesised name: utime and stime are fields 14
+    // and 15 (1-based, as proc(5) numbers them), 12 and 13 after the name.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s) = (fields.get(11)?.parse::<f64>().ok()?, fields.get(12)?.parse::<f64>().ok()?);
+    // Clock ticks per second: 100 on every Linux we run on.
+    Some((u + s) / 100.0)
+}
+
+/// CPU seconds used so far by each live thread of this process, by thread
+/// id, with the thread's name. Read from /proc (Linux).
+fn thread_cpu() -> ThreadTimes {
     let mut out = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
-    // Clock ticks per second: 100 on every Linux we run on.
-    let tick = 100.0;
     for task in tasks.flatten() {
         let dir = task.path();
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
         let (Ok(name), Ok(stat)) =
             (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
         else {
             continue;
         };
-        // Fields after the parenthesised name: state is field 3, utime 14,
-        // stime 15 (1-based, as proc(5) numbers them).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) else { continue };
-        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
-        *out.entry(name.trim().to_string()).or_default() += secs;
+        if let Some(secs) = stat_cpu_secs(&stat) {
+            out.insert(tid, (name.trim().to_string(), secs));
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_times_are_read_after_the_name_even_with_spaces_and_parentheses() {
+        let stat = "4242 (rdk:broker 1 (x)) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0";
+        assert_eq!(super::stat_cpu_secs(stat), Some(4.0));
+        assert!(super::process_cpu() >= 0.0);
+        assert!(super::thread_cpu().values().any(|(name, _)| !name.is_empty()));
+    }
 }
 
 /// What `latency` measured, in ms.

@@ -491,7 +491,10 @@ fn bench(command: BenchCommand) -> Result<()> {
                 f.records as f64 / f.elapsed.as_secs_f64().max(1e-9)
             );
             let total: f64 = f.cpu.iter().map(|(_, s)| s).sum();
-            println!("CPU: {total:.2} s in all");
+            println!(
+                "CPU: {total:.2} s in all; workers waited {:.2} s on full sink buffers (back-pressure)",
+                f.waited_on_sinks.as_secs_f64()
+            );
             for (what, secs) in &f.cpu {
                 println!("  {:5.1} %  {secs:7.2} s  {what}", 100.0 * secs / total.max(1e-9));
             }

@@ -102,6 +102,9 @@ pub struct KafkaConfig {
     /// quiet this long, in ms (backfills, tests, benchmarks). Unset: run
     /// until stopped.
     pub stop_when_idle_ms: Option<u64>,
+    /// End the run once this many records have been read over all
+    /// partitions (benchmarks over a preloaded topic).
+    pub stop_after_records: Option<u64>,
     /// librdkafka settings, over ours (`"fetch.max.bytes" = "…"`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,

@@ -87,7 +87,15 @@ pub struct RunCounters {
     pub watermark: std::sync::atomic::AtomicI64,
     /// Where the workers' time goes.
     pub times: StageTimes,
+    /// Rows sent by the sources and not yet through a plugin chain.
+    pub in_flight: std::sync::atomic::AtomicI64,
 }
+
+/// Rows in flight (read, not yet processed) beyond which the Kafka sources
+/// stop reading until the chains catch up. Timely's channels are unbounded:
+/// without this a source runs ahead of a worker held back by its sinks and
+/// fills memory with the backlog.
+pub const MAX_IN_FLIGHT: i64 = 200_000;
 
 /// Wall time the workers spent per stage, summed over workers, in ns. The
 /// workers never block in these stages, so this is their CPU time there.
@@ -98,8 +106,10 @@ pub struct StageTimes {
     /// The plugin operator: plugins and the sink writes they cause.
     pub process_ns: AtomicU64,
     /// Of which, the sinks' worker-side writes (formatting lines, filling
-    /// Arrow columns, writing Parquet files).
+    /// Arrow columns, writing Parquet files), waits included.
     pub sinks_ns: AtomicU64,
+    /// Of which, waiting for a full sink buffer to drain (back-pressure).
+    pub sink_wait_ns: AtomicU64,
 }
 
 /// State every worker of a run shares.
@@ -186,6 +196,7 @@ pub fn replay_into(
     counters: Arc<RunCounters>,
 ) -> Result<ReplayStats, DataflowError> {
     let pipeline = pipeline.clone();
+    counters.watermark.store(i64::MIN, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         counters,
         failure: Mutex::new(None),
@@ -229,9 +240,14 @@ pub fn replay_into(
                         capability = None;
                         return;
                     }
+                    if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    }
                     let counters = &shared.counters.source;
                     match file.next_chunk() {
                         Ok(Some(chunk)) => {
+                            let sent_before = counters.trades.load(Ordering::Relaxed);
                             let mut session = output.session(&cap);
                             for i in 0..chunk.len() {
                                 counters.records.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +268,8 @@ pub fn replay_into(
                                 });
                             }
                             drop(session);
+                            let sent = (counters.trades.load(Ordering::Relaxed) - sent_before) as i64;
+                            shared.counters.in_flight.fetch_add(sent, Ordering::Relaxed);
                             let watermark = max_ts.saturating_sub(lag);
                             if watermark > *cap.time() {
                                 cap.downgrade(&watermark);
@@ -296,6 +314,8 @@ pub struct RunOptions {
     pub dead_letter_topic: Option<String>,
     /// End once every partition is at its end and quiet this long.
     pub stop_when_idle: Option<Duration>,
+    /// End once this many records have been read, over all workers.
+    pub stop_after_records: Option<u64>,
 }
 
 /// What a run did.
@@ -336,6 +356,7 @@ pub fn run(
         topic = %reader.topic, partitions, workers,
         "reading {partitions} partitions on {workers} workers"
     );
+    counters.watermark.store(i64::MIN, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         counters: counters.clone(),
         failure: Mutex::new(None),
@@ -390,7 +411,7 @@ pub fn run(
                 // its capability at once.
                 let mut capability = reader.is_some().then_some(capability);
                 let mut batch: Vec<Row> = Vec::new();
-                let stop_when_idle = options.stop_when_idle;
+                let (stop_when_idle, stop_after) = (options.stop_when_idle, options.stop_after_records);
                 move |output| {
                     let (Some(cap), Some(reader)) = (capability.as_mut(), reader.as_mut()) else {
                         capability = None;
@@ -401,12 +422,19 @@ pub fn run(
                         capability = None;
                         return;
                     }
+                    if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+                        // The chains are behind (held back by a sink):
+                        // let the broker keep the backlog, not our memory.
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    }
                     let floor = *cap.time();
                     let polling = Instant::now();
                     let read = reader.poll(floor, &mut batch);
                     let times = &shared.counters.times;
                     times.source_ns.fetch_add(polling.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if !batch.is_empty() {
+                        shared.counters.in_flight.fetch_add(batch.len() as i64, Ordering::Relaxed);
                         output.session(&cap).give_iterator(batch.drain(..));
                     }
                     let now = Instant::now();
@@ -426,7 +454,9 @@ pub fn run(
                     {
                         cap.downgrade(&w);
                     }
-                    if stop_when_idle.is_some_and(|quiet| reader.drained(now, quiet)) {
+                    let read_enough =
+                        stop_after.is_some_and(|n| shared.counters.source.records.load(Ordering::Relaxed) >= n);
+                    if read_enough || stop_when_idle.is_some_and(|quiet| reader.drained(now, quiet)) {
                         record_positions(&positions, reader);
                         capability = None;
                         return;
@@ -506,7 +536,9 @@ fn process<'scope>(
         let Some((chain, fanout)) = state.as_mut().filter(|_| !finished) else {
             // The chain failed to open (the run reports it), or the stream
             // ended: drain the input rather than hold it for nothing.
-            input.for_each(|_, _| {});
+            input.for_each(|_, rows| {
+                shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
+            });
             return;
         };
         let step = (|| -> Result<(), DataflowError> {
@@ -529,6 +561,7 @@ fn process<'scope>(
                         }
                     }
                     chain.feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
+                    shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
                     Ok(())
                 })();
             });

@@ -15,7 +15,7 @@ use crate::decode::Decoder;
 use crate::exec::StageSpec;
 use crate::plugin::{PluginRuntime, SandboxLimits};
 use crate::sink::archive::{Archive, ArchiveStats, ArchiveWriter};
-use crate::sink::influx::{InfluxSink, InfluxStats};
+use crate::sink::influx::{InfluxSink, InfluxStats, InfluxWriter};
 use crate::sink::{Fanout, SinkError, SinkWriter};
 use crate::source::Row;
 use crate::source::kafka::{ReaderOptions, Start};
@@ -102,10 +102,12 @@ pub fn run_with(
     let sinks: SinkFactory = {
         let (influx, archive, skip) = (influx.clone(), archive.clone(), config.sinks.influx_skip.clone());
         let archive_stats = archive_stats.clone();
+        let counters = counters.clone();
         Arc::new(move |worker| {
             let mut fanout = Fanout::default();
             if let Some(sink) = &influx {
-                fanout.add(Box::new(sink.writer()), skip.clone());
+                let writer = InfluxWorker { writer: sink.writer(), counters: counters.clone() };
+                fanout.add(Box::new(writer), skip.clone());
             }
             if let Some(archive) = &archive {
                 let writer = ArchiveWorker { writer: archive.writer(worker), worker, stats: archive_stats.clone() };
@@ -136,6 +138,7 @@ pub fn run_with(
         },
         dead_letter_topic: Some(kafka.dead_letter_topic()),
         stop_when_idle: kafka.stop_when_idle_ms.map(Duration::from_millis),
+        stop_after_records: kafka.stop_after_records,
     };
     let reporter = Reporter::start(counters.clone(), influx.clone(), interrupted.clone());
     let result = match file {
@@ -259,31 +262,48 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-impl SinkWriter for crate::sink::influx::InfluxWriter {
-    fn write(
-        &mut self,
-        series: &str,
-        fields: &[String],
-        symbol: &str,
-        ts: i64,
-        values: &[f64],
-    ) -> Result<(), SinkError> {
-        crate::exec::OutputWriter::write(self, series, fields, symbol, ts, values)
-            .map_err(|e| SinkError::new("influx", e))
+/// A worker's InfluxDB writer, timing how long it waits on a full buffer.
+struct InfluxWorker {
+    writer: InfluxWriter,
+    counters: Arc<RunCounters>,
+}
+
+impl InfluxWorker {
+    /// Hands the worker's lines to the sink's thread; blocks while its
+    /// buffer is full (back-pressure), which is timed.
+    fn hand_over(&mut self) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let result = self.writer.hand_over().map_err(|e| SinkError::new("influx", e));
+        let waited = started.elapsed().as_nanos() as u64;
+        self.counters.times.sink_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        result
+    }
+}
+
+impl SinkWriter for InfluxWorker {
+    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> Result<(), SinkError> {
+        // The writer hands over by itself when its batch is full.
+        let started = Instant::now();
+        let result = crate::exec::OutputWriter::write(&mut self.writer, series, fields, symbol, ts, values)
+            .map_err(|e| SinkError::new("influx", e));
+        let took = started.elapsed();
+        if took > Duration::from_micros(50) {
+            // Only a hand-over takes this long: count it as waiting.
+            self.counters.times.sink_wait_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        }
+        result
     }
 
     fn advance(&mut self, _: i64) -> Result<(), SinkError> {
-        // Every batch of the worker's outputs goes on at once; the sink's
-        // thread batches them into requests by size and time.
-        self.hand_over().map_err(|e| SinkError::new("influx", e))
+        self.hand_over()
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.hand_over().map_err(|e| SinkError::new("influx", e))
+        self.hand_over()
     }
 
     fn batch_done(&mut self) -> Result<(), SinkError> {
-        self.hand_over().map_err(|e| SinkError::new("influx", e))
+        self.hand_over()
     }
 }
 

@@ -338,6 +338,7 @@ fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_res
         start: Start::Earliest,
         dead_letter_topic: Some("trades.dead-letter".into()),
         stop_when_idle: Some(Duration::from_secs(1)),
+        stop_after_records: None,
     };
     let counters = Arc::new(RunCounters::default());
     let stats = dataflow::run(&options, &pipeline, sinks, counters, Arc::new(AtomicBool::new(false))).unwrap();
