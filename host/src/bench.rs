@@ -162,10 +162,9 @@ pub fn pipeline(config: &Config, file: Option<&Path>) -> Result<PipelineFigures>
     let workers = groups.remove("dataflow workers").unwrap_or(0.0);
     let t = &counters.times;
     let ns = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-    let (source, process, sinks, wait) =
-        (ns(&t.source_ns), ns(&t.process_ns), ns(&t.sinks_ns), ns(&t.sink_wait_ns));
+    let (source, process, sinks, wait) = (ns(&t.source_ns), ns(&t.process_ns), ns(&t.sinks_ns), ns(&t.sink_wait_ns));
     let mut cpu = vec![
-        ("workers: reading partitions + decoding".to_string(), source),
+        ("workers: reading and decoding (Kafka partitions, or the file)".to_string(), source),
         ("workers: plugins".to_string(), (process - sinks).max(0.0)),
         ("workers: sink writes (line protocol, Arrow, Parquet)".to_string(), (sinks - wait).max(0.0)),
         ("workers: exchange, scheduling, idle polling".to_string(), (workers - source - (process - wait)).max(0.0)),

@@ -245,7 +245,11 @@ pub fn replay_into(
                         return;
                     }
                     let counters = &shared.counters.source;
-                    match file.next_chunk() {
+                    let reading = Instant::now();
+                    let next = file.next_chunk();
+                    let times = &shared.counters.times;
+                    times.source_ns.fetch_add(reading.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    match next {
                         Ok(Some(chunk)) => {
                             let sent_before = counters.trades.load(Ordering::Relaxed);
                             let mut session = output.session(&cap);

@@ -281,7 +281,14 @@ impl InfluxWorker {
 }
 
 impl SinkWriter for InfluxWorker {
-    fn write(&mut self, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) -> Result<(), SinkError> {
         // The writer hands over by itself when its batch is full.
         let started = Instant::now();
         let result = crate::exec::OutputWriter::write(&mut self.writer, series, fields, symbol, ts, values)
