@@ -358,7 +358,7 @@ mod tests {
         let sizes = ["100", "0", "-0.0", "-2", "0.5", "null", "1E3"];
         let (mut fast_answers, mut good) = (0, 0);
         for _ in 0..20_000 {
-            let mut fields = vec![
+            let mut fields = [
                 format!(r#""symbol":{}"#, pick(&mut rng, &symbols)),
                 format!(r#""ts":{}"#, pick(&mut rng, &times)),
                 format!(r#""price":{}"#, pick(&mut rng, &prices)),
