@@ -44,7 +44,7 @@ impl Drained {
 /// `expect` records arrived (or none for 5 s), with `settings` over
 /// librdkafka's defaults (none: the defaults).
 pub fn drain(brokers: &str, topic: &str, expect: u64, settings: &[(&str, &str)]) -> Result<Drained> {
-    let partitions = crate::source::kafka::partition_count(brokers, topic)?;
+    let partitions = crate::source::kafka::partition_count(brokers, topic, &Default::default())?;
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers).set("group.id", "tickfold-bench-drain").set("enable.auto.commit", "false");
     for (k, v) in settings {
@@ -59,7 +59,11 @@ pub fn drain(brokers: &str, topic: &str, expect: u64, settings: &[(&str, &str)])
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut first = None;
     let mut last = Instant::now();
+    let started = Instant::now();
     while records < expect {
+        if first.is_none() && started.elapsed() > Duration::from_secs(30) {
+            bail!("no record arrived from topic `{topic}` within 30 s; is it empty?");
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 first.get_or_insert_with(Instant::now);

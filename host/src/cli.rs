@@ -260,6 +260,14 @@ fn parse_param(raw: &str) -> Result<(String, String), String> {
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic in one dataflow worker would leave the others waiting for its
+    // progress for ever: report it and end the process instead.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("tickfold: a thread panicked (a bug; please report it); stopping");
+        std::process::exit(101);
+    }));
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -425,6 +433,10 @@ fn run_host(args: RunArgs) -> Result<()> {
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal stops the host cleanly; a second one exits at
+        // once (say, while InfluxDB is down and the last points wait).
+        signal_hook::flag::register_conditional_shutdown(signal, 130, interrupted.clone())
+            .context("installing the signal handlers")?;
         signal_hook::flag::register(signal, interrupted.clone()).context("installing the signal handlers")?;
     }
     let s = crate::host::run(&config, args.input.as_deref(), interrupted.clone())?;

@@ -315,6 +315,27 @@ impl Config {
     }
 }
 
+/// Keys whose values are always text, whatever they look like (a password
+/// of digits, a topic called `2024`).
+const STRING_KEYS: [&str; 16] = [
+    "brokers",
+    "topic",
+    "group",
+    "dead_letter_topic",
+    "url",
+    "database",
+    "retention_policy",
+    "username",
+    "password",
+    "org",
+    "bucket",
+    "token",
+    "dir",
+    "wasm",
+    "compile_cache",
+    "input",
+];
+
 /// Sets the key `var` names (see the module docs) to `value`.
 fn apply_override(table: &mut toml::Table, var: &str, value: String) -> Result<(), ConfigError> {
     let fail = |message: String| ConfigError::Env { var: var.to_string(), message };
@@ -337,11 +358,15 @@ fn apply_override(table: &mut toml::Table, var: &str, value: String) -> Result<(
         let entry = at.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         at = entry.as_table_mut().ok_or_else(|| fail(format!("`{part}` is not a table in the config")))?;
     }
-    // Keep strings strings (a token of digits is still a token); otherwise
-    // read the value as TOML (numbers, booleans, arrays), falling back to
-    // a string.
+    // Keep strings strings (a token of digits is still a token), and so
+    // are librdkafka's settings and every key that only takes text;
+    // otherwise read the value as TOML (numbers, booleans, arrays), falling
+    // back to a string.
+    let text_only =
+        path.len() >= 3 && path[0] == "kafka" && path[1] == "options" || STRING_KEYS.contains(&last.as_str());
     let parsed = match at.get(last) {
         Some(toml::Value::String(_)) => toml::Value::String(value),
+        _ if text_only => toml::Value::String(value),
         _ => toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
@@ -427,6 +452,22 @@ mod tests {
         let text = text.replace("topic = \"trades\"", "topic = \"trades\"\ngroup = \"g\"");
         let c = parse(&text, &[("TICKFOLD__KAFKA__GROUP", "12345")]).unwrap();
         assert_eq!(c.kafka.group, "12345");
+    }
+
+    #[test]
+    fn librdkafka_settings_and_secrets_from_the_environment_stay_text() {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("TICKFOLD__KAFKA__OPTIONS__FETCH.MAX.BYTES", "1000"),
+                ("TICKFOLD__KAFKA__OPTIONS__ENABLE.IDEMPOTENCE", "true"),
+                ("TICKFOLD__KAFKA__TOPIC", "2024"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.options["fetch.max.bytes"], "1000");
+        assert_eq!(c.kafka.options["enable.idempotence"], "true");
+        assert_eq!(c.kafka.topic, "2024");
     }
 
     #[test]

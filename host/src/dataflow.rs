@@ -182,7 +182,7 @@ pub fn replay(
         fanout.add(Box::new(SharedWriter(out.clone())), Vec::new());
         Ok(fanout)
     });
-    replay_into(input, &pipeline, options, sinks, Arc::default())
+    replay_into(input, &pipeline, options, sinks, Arc::default(), Arc::default())
 }
 
 /// Runs `pipeline` over the file `input` into the sinks `sinks` makes per
@@ -194,13 +194,14 @@ pub fn replay_into(
     options: &ReplayOptions,
     sinks: SinkFactory,
     counters: Arc<RunCounters>,
+    interrupted: Arc<AtomicBool>,
 ) -> Result<ReplayStats, DataflowError> {
     let pipeline = pipeline.clone();
     counters.watermark.store(i64::MIN, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         counters,
         failure: Mutex::new(None),
-        interrupted: Arc::default(),
+        interrupted,
         watermarks: Mutex::new(vec![i64::MIN; options.workers.max(1)]),
     });
     let input: PathBuf = input.to_path_buf();
@@ -350,7 +351,7 @@ pub fn run(
     interrupted: Arc<AtomicBool>,
 ) -> Result<RunStats, DataflowError> {
     let reader = &options.reader;
-    let partitions = kafka::partition_count(&reader.brokers, &reader.topic)?;
+    let partitions = kafka::partition_count(&reader.brokers, &reader.topic, &reader.options)?;
     let dead_letters = match &options.dead_letter_topic {
         Some(topic) => Some(Arc::new(DeadLetters::new(&reader.brokers, topic, &reader.topic, &reader.options)?)),
         None => None,
@@ -486,7 +487,8 @@ pub fn run(
         if let Err(e) = dl.flush(Duration::from_secs(30)) {
             tracing::error!("dead letters not acknowledged within 30 s: {e}");
         }
-        dead_letters_failed = dl.failed();
+        // Those still in flight are lost with the producer: count them.
+        dead_letters_failed = dl.failed() + dl.in_flight();
     }
     if let Some(e) = shared.failure.lock().expect("failure lock").take() {
         return Err(e);
@@ -601,6 +603,10 @@ fn process<'scope>(
         if let Err(e) = step {
             shared.fail(e);
             finished = true;
+            // Write what the sinks hold, as far as they still can.
+            if let Err(e) = fanout.finish_sinks() {
+                tracing::error!(worker = index, "after a failure, the sinks could not write what they held: {e}");
+            }
         }
         let times = &shared.counters.times;
         times.process_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -150,7 +150,7 @@ pub fn run_with(
                 batch_rows: kafka.max_batch,
                 report_all: true,
             };
-            dataflow::replay_into(path, &pipeline, &replay, sinks, counters.clone()).map(|_| {
+            dataflow::replay_into(path, &pipeline, &replay, sinks, counters.clone(), interrupted.clone()).map(|_| {
                 let c = &counters.source;
                 RunStats {
                     records: c.records.load(Ordering::Relaxed),
@@ -163,15 +163,26 @@ pub fn run_with(
         }
     };
     reporter.stop();
-    // Whatever happened, write what the sinks hold.
-    let influx_stats = match influx {
-        Some(sink) => {
-            let sink = Arc::try_unwrap(sink).map_err(|_| anyhow::anyhow!("the InfluxDB sink is still in use"))?;
-            Some(sink.close().context("writing the last points to InfluxDB")?)
-        }
+    // Whatever happened, write what the sinks hold; a failed run's own
+    // error comes first.
+    let influx_stats = match influx.map(Arc::try_unwrap) {
+        Some(Ok(sink)) => match (sink.close(), &result) {
+            (Ok(stats), _) => Some(stats),
+            (Err(e), Ok(_)) => return Err(anyhow::Error::new(e).context("writing the last points to InfluxDB")),
+            (Err(e), Err(_)) => {
+                tracing::error!("writing the last points to InfluxDB: {e}");
+                None
+            }
+        },
+        Some(Err(_)) => anyhow::bail!("the InfluxDB sink is still in use after the run (a bug)"),
         None => None,
     };
     let run = result?;
+    if file.is_none()
+        && let Err(e) = crate::source::kafka::commit_positions(&options.reader, &run.positions)
+    {
+        tracing::warn!("{e}");
+    }
     let archive = archive.map(|_| {
         let per_worker = archive_stats.lock().expect("archive stats lock");
         per_worker.iter().fold(ArchiveStats::default(), |a, s| ArchiveStats {
@@ -197,10 +208,28 @@ impl Reporter {
         let thread = std::thread::spawn(move || {
             let every = Duration::from_secs(5);
             let mut last = (Instant::now(), 0u64);
-            while !s.load(Ordering::Relaxed) && !interrupted.load(Ordering::Relaxed) {
-                std::thread::park_timeout(every);
+            let mut stopping_since: Option<Instant> = None;
+            while !s.load(Ordering::Relaxed) {
+                std::thread::park_timeout(if stopping_since.is_some() { Duration::from_millis(200) } else { every });
                 if s.load(Ordering::Relaxed) {
                     break;
+                }
+                if interrupted.load(Ordering::Relaxed) {
+                    // Stopping: workers hand their last points to InfluxDB.
+                    // If it is down they would wait for it for ever; after a
+                    // grace period the sink gets `close_timeout_ms` more,
+                    // then gives up (and says how many points it lost).
+                    let since = *stopping_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(5)
+                        && let Some(sink) = &influx
+                    {
+                        tracing::warn!(
+                            "stopping: InfluxDB has not taken the last points yet; giving it close_timeout_ms more"
+                        );
+                        sink.begin_close();
+                        break;
+                    }
+                    continue;
                 }
                 let c = &counters.source;
                 let records = c.records.load(Ordering::Relaxed);

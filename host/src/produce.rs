@@ -208,29 +208,35 @@ pub fn produce(
             let decoder = crate::decode::Decoder::new(crate::decode::Shape::Finnhub, None);
             let mut trades = Vec::new();
             let mut backoff = Duration::from_millis(500);
+            let mut first = true;
             'connection: loop {
+                // Every reconnection waits, doubling up to 30 s; data
+                // arriving resets the wait.
+                if !first {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                first = false;
                 let mut socket = match finnhub_connect(url, token, symbols) {
-                    Ok(s) => {
-                        backoff = Duration::from_millis(500);
-                        s
-                    }
+                    Ok(s) => s,
                     Err(e) => {
                         tracing::warn!("Finnhub: {e}; reconnecting in {backoff:?}");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                         continue;
                     }
                 };
                 loop {
                     let message = match socket.read() {
-                        Ok(tungstenite::Message::Text(text)) => text,
+                        Ok(tungstenite::Message::Text(text)) => {
+                            backoff = Duration::from_millis(500);
+                            text
+                        }
                         Ok(tungstenite::Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => {
-                            tracing::warn!("Finnhub closed the connection; reconnecting");
+                            tracing::warn!("Finnhub closed the connection; reconnecting in {backoff:?}");
                             continue 'connection;
                         }
                         Ok(_) => continue,
                         Err(e) => {
-                            tracing::warn!("Finnhub: {e}; reconnecting");
+                            tracing::warn!("Finnhub: {e}; reconnecting in {backoff:?}");
                             continue 'connection;
                         }
                     };
@@ -287,6 +293,14 @@ fn finnhub_connect(url: &str, token: &str, symbols: &[String]) -> Result<Socket,
         // The error may echo the URL; never the token.
         e => fail(e.to_string().replace(token, "***")),
     })?;
+    // Finnhub pings every few seconds: a minute of silence is a dead
+    // connection, not a quiet market.
+    let timeout = Some(Duration::from_secs(60));
+    let _ = match socket.get_ref() {
+        tungstenite::stream::MaybeTlsStream::Plain(s) => s.set_read_timeout(timeout),
+        tungstenite::stream::MaybeTlsStream::Rustls(s) => s.sock.set_read_timeout(timeout),
+        _ => Ok(()),
+    };
     tracing::info!(status = %response.status(), "connected to Finnhub; subscribing to {} symbols", symbols.len());
     for symbol in symbols {
         let subscribe = serde_json::json!({ "type": "subscribe", "symbol": symbol }).to_string();

@@ -265,7 +265,12 @@ impl InfluxSink {
         Ok(stats)
     }
 
-    fn begin_close(&self) {
+    /// Starts closing without waiting: the writer thread writes what it
+    /// has, retrying for at most `close_timeout_ms` from now, then gives up,
+    /// which also releases writers blocked on a full buffer (their points
+    /// are reported as not written). For a host that must stop while the
+    /// server is down.
+    pub fn begin_close(&self) {
         let mut state = self.shared.lock();
         if state.closing.is_none() {
             state.closing = Some(Instant::now() + Duration::from_millis(self.close_timeout_ms));

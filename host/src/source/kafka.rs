@@ -85,11 +85,20 @@ pub struct SourceCounters {
     pub dead_lettered: AtomicU64,
 }
 
-/// The number of partitions of `topic`.
-pub fn partition_count(brokers: &str, topic: &str) -> Result<usize, KafkaSourceError> {
+/// The number of partitions of `topic`. `options` may carry connection
+/// settings (security, SASL, SSL); the others are left out.
+pub fn partition_count(
+    brokers: &str,
+    topic: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<usize, KafkaSourceError> {
     let client = |what, source| KafkaSourceError::Client { brokers: brokers.to_string(), what, source };
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| client("creating a client", e))?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in options.iter().filter(|(k, _)| is_connection_setting(k)) {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client", e))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| client("reading the topic's metadata", e))?;
@@ -98,6 +107,30 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<usize, KafkaSourceE
         return Err(KafkaSourceError::NoTopic { topic: topic.into(), brokers: brokers.into() });
     }
     Ok(partitions)
+}
+
+/// Commits each partition's next offset to the consumer group, so that
+/// Kafka's tools show how far the host got and `start = "committed"`
+/// resumes there. (Without checkpoints, windows open at the stop are not
+/// carried over: see issue 6.)
+pub fn commit_positions(options: &ReaderOptions, positions: &BTreeMap<i32, i64>) -> Result<(), KafkaSourceError> {
+    let client = |what, source| KafkaSourceError::Client { brokers: options.brokers.clone(), what, source };
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &options.brokers).set("group.id", &options.group);
+    for (k, v) in options.options.iter().filter(|(k, _)| is_connection_setting(k)) {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client to commit offsets", e))?;
+    let mut list = TopicPartitionList::new();
+    for (&p, &offset) in positions {
+        list.add_partition_offset(&options.topic, p, Offset::Offset(offset)).map_err(|e| client("committing", e))?;
+    }
+    consumer
+        .commit(&list, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| client("committing offsets to the consumer group", e))
 }
 
 /// The partitions worker `index` of `workers` reads.
@@ -133,6 +166,10 @@ struct Partition {
     next_offset: Option<i64>,
     /// When a record last arrived (or the reader started).
     last_record: Instant,
+    /// When a trade last moved the watermark on (or the reader started):
+    /// what idleness is judged by, so a partition that carries only
+    /// malformed records, late trades or pings goes idle too.
+    last_trade: Instant,
     /// The broker said we are at the end (until the next record).
     at_end: bool,
 }
@@ -176,6 +213,8 @@ impl PartitionReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // `committed` with nothing committed yet starts at the oldest.
+            .set("auto.offset.reset", "earliest")
             // Fetch big and keep a deep local queue: with librdkafka's
             // defaults a consumer drains small records several times slower
             // than the broker serves them (see DESIGN.md).
@@ -209,7 +248,15 @@ impl PartitionReader {
             })?;
             let wake = on_data.clone();
             queue.set_nonempty_callback(wake);
-            owned.push(Partition { id, queue, max_ts: i64::MIN, next_offset: None, last_record: now, at_end: false });
+            owned.push(Partition {
+                id,
+                queue,
+                max_ts: i64::MIN,
+                next_offset: None,
+                last_record: now,
+                last_trade: now,
+                at_end: false,
+            });
         }
         Ok(PartitionReader {
             consumer,
@@ -231,8 +278,16 @@ impl PartitionReader {
         // Serve the consumer's own events (errors, statistics); records of
         // split partitions never arrive here.
         while let Some(event) = self.consumer.poll(Duration::ZERO) {
-            if let Err(e) = event {
-                tracing::warn!("Kafka consumer: {e}");
+            match event {
+                // Records of split partitions should never come here; one
+                // that does would be lost silently, so say so loudly.
+                Ok(m) => tracing::error!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "a record arrived on the consumer's main queue and was not processed (a bug)"
+                ),
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(e) => tracing::warn!("Kafka consumer: {e}"),
             }
         }
         let mut read = 0;
@@ -254,8 +309,9 @@ impl PartitionReader {
             let message = match result {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(_)) => {
+                    // Records may follow the end marker in the queue.
                     part.at_end = true;
-                    break;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(partition = part.id, "Kafka: {e}");
@@ -309,6 +365,7 @@ impl PartitionReader {
                     continue;
                 }
                 part.max_ts = part.max_ts.max(trade.ts);
+                part.last_trade = part.last_record;
                 self.counters.trades.fetch_add(1, Ordering::Relaxed);
                 out.push(Row {
                     key: trade.symbol,
@@ -329,7 +386,7 @@ impl PartitionReader {
         let lateness = self.options.allowed_lateness_ms;
         self.partitions
             .iter()
-            .filter(|p| now.duration_since(p.last_record) < self.options.idle_timeout)
+            .filter(|p| now.duration_since(p.last_trade) < self.options.idle_timeout)
             .map(|p| p.watermark(lateness))
             .min()
     }
@@ -339,7 +396,7 @@ impl PartitionReader {
     pub fn partition_watermarks(&self, now: Instant) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
         let lateness = self.options.allowed_lateness_ms;
         self.partitions.iter().map(move |p| {
-            let active = now.duration_since(p.last_record) < self.options.idle_timeout;
+            let active = now.duration_since(p.last_trade) < self.options.idle_timeout;
             (p.id, active.then(|| p.watermark(lateness)))
         })
     }
@@ -451,6 +508,11 @@ impl DeadLetters {
     /// Dead letters the broker did not take.
     pub fn failed(&self) -> u64 {
         self.producer.context().failed.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters queued and not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.producer.in_flight_count().max(0) as u64
     }
 }
 

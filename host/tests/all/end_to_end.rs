@@ -102,12 +102,13 @@ max_rows_per_file = 1500
     );
     let config_path = dir.path().join("tickfold.toml");
     std::fs::write(&config_path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("TICKFOLD_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_with_deadline(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("TICKFOLD_LOG", "warn"),
+        std::time::Duration::from_secs(300),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "tickfold run failed:\n{stderr}");
 
@@ -157,6 +158,22 @@ max_rows_per_file = 1500
     assert!(stderr.contains(&format!("{} dead-lettered", dead.len())), "the summary counts dead letters:\n{stderr}");
 }
 
+/// Runs `command`, killing it (and failing the test) if it has not ended
+/// by `deadline`: a hung host fails the test instead of hanging CI.
+fn run_with_deadline(command: &mut std::process::Command, deadline: std::time::Duration) -> std::process::Output {
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let id = child.id();
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match wait.recv_timeout(deadline) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").args(["-9", &id.to_string()]).status();
+            panic!("tickfold run did not end within {deadline:?}; killed it");
+        }
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
@@ -168,4 +185,103 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A config for `tickfold run` over topic `trades` with one plugin (vwap)
+/// and InfluxDB at `influx_url`; `extra` is appended to `[kafka]`.
+fn small_config(dir: &std::path::Path, broker: &Tansu, influx_url: &str, extra: &str) -> std::path::PathBuf {
+    let config = format!(
+        r#"
+workers = 2
+[kafka]
+brokers = "{brokers}"
+topic = "trades"
+start = "committed"
+group = "resume-test"
+{extra}
+
+[[plugin]]
+wasm = "{vwap}"
+
+[sinks.influx]
+url = "{influx_url}"
+api = "v1"
+database = "tickfold"
+flush_interval_ms = 50
+close_timeout_ms = 1000
+"#,
+        brokers = broker.bootstrap(),
+        vwap = plugin_wasm("vwap").display(),
+    );
+    let path = dir.join("tickfold.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn sigterm_with_influxdb_down_ends_the_host_and_says_what_was_not_written() {
+    let broker = Tansu::start();
+    broker.create_topic("trades", PARTITIONS as u32);
+    broker.create_topic("trades.dead-letter", 1);
+    let scenario = Scenario::new(5, 2_000);
+    scenario.produce(&broker, "trades");
+    let dir = TempDir::new("sigterm");
+    // Nothing listens there: every write fails and is retried.
+    let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let config = small_config(dir.path(), &broker, &nowhere, "");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TICKFOLD_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let (done, wait) = std::sync::mpsc::channel();
+    let id = child.id();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let out = match wait.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").args(["-9", &id.to_string()]).status();
+            panic!("the host did not stop within 60 s of SIGTERM while InfluxDB was down");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "points were lost, so the run must fail:\n{stderr}");
+    assert!(stderr.contains("not written"), "the error says points were not written:\n{stderr}");
+}
+
+#[test]
+fn committed_offsets_let_a_restarted_host_resume_where_it_stopped() {
+    let broker = Tansu::start();
+    broker.create_topic("trades", PARTITIONS as u32);
+    broker.create_topic("trades.dead-letter", 1);
+    let influx = Influxd::start();
+    influx.create_database("tickfold");
+    let first = Scenario::new(6, 1_500);
+    first.produce(&broker, "trades");
+    let dir = TempDir::new("resume");
+    let config = small_config(dir.path(), &broker, &influx.url(), "stop_when_idle_ms = 1000");
+    let run = || {
+        let out = run_with_deadline(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("TICKFOLD_LOG", "warn"),
+            std::time::Duration::from_secs(120),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let records = |s: &Scenario| s.partitions.iter().map(Vec::len).sum::<usize>();
+    let stderr = run();
+    assert!(stderr.contains(&format!("tickfold: {} records", records(&first))), "{stderr}");
+    // More records arrive; the second run reads only those.
+    let second = Scenario::new(7, 700);
+    second.produce(&broker, "trades");
+    let stderr = run();
+    assert!(stderr.contains(&format!("tickfold: {} records", records(&second))), "{stderr}");
 }

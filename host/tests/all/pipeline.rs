@@ -341,7 +341,12 @@ fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_res
         stop_after_records: None,
     };
     let counters = Arc::new(RunCounters::default());
-    let stats = dataflow::run(&options, &pipeline, sinks, counters, Arc::new(AtomicBool::new(false))).unwrap();
+    // On a thread with a deadline: a hung run fails the test, not CI.
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(dataflow::run(&options, &pipeline, sinks, counters, Arc::new(AtomicBool::new(false))));
+    });
+    let stats = wait.recv_timeout(Duration::from_secs(300)).expect("the run ended within 5 minutes").unwrap();
 
     let good = scenario.good();
     let dead = scenario.dead();
