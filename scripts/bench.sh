@@ -65,6 +65,11 @@ $tickfold generate --output "$state/trades.csv" --trades "$trades" --rate 10000 
 rm -rf "$state/archive"
 TICKFOLD__WORKERS=2 $tickfold bench pipeline --config examples/tickfold.toml --input "$state/trades.csv"
 
+echo "== (c', d) the file, 2 workers, the per-trade VWAP kept out of InfluxDB (archived only)"
+rm -rf "$state/archive"
+TICKFOLD__WORKERS=2 TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' \
+  $tickfold bench pipeline --config examples/tickfold.toml --input "$state/trades.csv"
+
 echo "== (e) latency at ${BENCH_RATE:-100000} trades/s"
 TICKFOLD__KAFKA__TOPIC=latency TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__IDLE_TIMEOUT_MS=200 \
   $tickfold bench latency --config examples/tickfold.toml --rate "${BENCH_RATE:-100000}" --seconds "${BENCH_SECONDS:-30}"

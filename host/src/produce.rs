@@ -131,7 +131,9 @@ pub fn produce(
     let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         // Batches of many small records: a few ms of lingering fills them.
-        .set("linger.ms", "5")
+        // A live (paced) feed lingers 1 ms: each trade reaches the broker
+        // about when it happens.
+        .set("linger.ms", if options.paced { "1" } else { "5" })
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         // Every record acknowledged by the leader is enough for a feed.
