@@ -10,6 +10,7 @@
 #       steady BENCH_RATE trades/s, InfluxDB flush interval 10 ms
 #
 #   BENCH_TRADES (default 10000000)  BENCH_RATE (default 100000)  BENCH_SECONDS (default 30)
+#   BENCH_ONLY=latency  runs (e) alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -36,6 +37,12 @@ create_topic latency 4
 create_topic latency.dead-letter 1
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+export TICKFOLD__KAFKA__BROKERS=$BROKERS
+export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
+export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
+export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
+
+if [[ "${BENCH_ONLY:-}" != latency ]]; then
 echo "== preloading $trades trades into topic bench (4 partitions)"
 start_ms=1767623400000
 $tickfold produce --brokers "$BROKERS" --topic bench --trades "$trades" --rate 10000 \
@@ -44,10 +51,6 @@ $tickfold produce --brokers "$BROKERS" --topic bench --trades "$trades" --rate 1
 echo "== (a) raw drain rate"
 $tickfold bench drain --brokers "$BROKERS" --topic bench --expect "$trades"
 
-export TICKFOLD__KAFKA__BROKERS=$BROKERS
-export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
-export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
-export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
 for workers in 1 2; do
   echo "== (b, d) the host over the topic, $workers worker(s), standard plugin set, InfluxDB + Parquet"
   rm -rf "$state/archive"
@@ -69,6 +72,8 @@ echo "== (c', d) the file, 2 workers, the per-trade VWAP kept out of InfluxDB (a
 rm -rf "$state/archive"
 TICKFOLD__WORKERS=2 TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' \
   $tickfold bench pipeline --config examples/tickfold.toml --input "$state/trades.csv"
+
+fi
 
 echo "== (e) latency at ${BENCH_RATE:-100000} trades/s"
 TICKFOLD__KAFKA__TOPIC=latency TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__IDLE_TIMEOUT_MS=200 \

@@ -143,6 +143,26 @@ pub fn bars_as_out(bars: &market::Bars) -> Vec<Out> {
         .collect()
 }
 
+/// What the vwap plugin writes for `trades` (and their reference form):
+/// per trade the session VWAP and volume, and the rolling ones.
+pub fn vwap_outs(trades: &[Trade], reference: &[market::Trade], session_start_ms: i64, window_ms: i64) -> Vec<Out> {
+    let session = market::session_vwap(reference, session_start_ms);
+    let rolling = market::rolling_vwap(reference, window_ms);
+    trades
+        .iter()
+        .zip(session.iter().zip(&rolling))
+        .filter_map(|(t, (s, r))| {
+            let (s, r) = (s.as_ref()?, r.as_ref()?);
+            Some(Out {
+                series: "vwap".into(),
+                key: t.symbol.clone(),
+                ts: t.ts,
+                values: vec![s.vwap, s.volume, r.vwap, r.volume],
+            })
+        })
+        .collect()
+}
+
 /// Both build variants of a plugin, loaded.
 pub fn variants(name: &str) -> Vec<(String, LoadedPlugin)> {
     let rt = runtime();
@@ -196,21 +216,7 @@ fn vwap_matches_the_reference_across_sessions() {
     let data = trades(202, &SYMBOLS, 3_000, 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000 - 3_600_000, 50.0);
     let reference = ref_trades(&data);
     for (session, start_ms) in [("00:00", 0), ("23:00", 23 * 3_600_000)] {
-        let session_ref = market::session_vwap(&reference, start_ms);
-        let rolling_ref = market::rolling_vwap(&reference, 300_000);
-        let want: Vec<Out> = data
-            .iter()
-            .zip(session_ref.iter().zip(&rolling_ref))
-            .filter_map(|(t, (s, r))| {
-                let (s, r) = (s.as_ref()?, r.as_ref()?);
-                Some(Out {
-                    series: "vwap".into(),
-                    key: t.symbol.clone(),
-                    ts: t.ts,
-                    values: vec![s.vwap, s.volume, r.vwap, r.volume],
-                })
-            })
-            .collect();
+        let want = vwap_outs(&data, &reference, start_ms, 300_000);
         for (name, plugin) in variants("vwap") {
             let params = [("session_start", session), ("window", "5m")];
             // One output per trade, in arrival order: compare in order.

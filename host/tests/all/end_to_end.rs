@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tickfold::sink::archive::read_series;
 
 use crate::conformance::{Out, assert_same};
-use crate::pipeline::{PARTITIONS, Scenario, check_dead_letters, read_dead_letters};
+use crate::pipeline::{Scenario, check_dead_letters, read_dead_letters, seeded_broker};
 use crate::support::{Influxd, Tansu, TempDir, plugin_wasm};
 
 /// Every point of `measurement`, per symbol, as outputs with `fields` in
@@ -46,13 +46,9 @@ fn last_per_time(outs: Vec<Out>) -> Vec<Out> {
 
 #[test]
 fn tickfold_run_fills_influxdb_and_the_archive_and_dead_letters_the_rest() {
-    let broker = Tansu::start();
-    broker.create_topic("trades", PARTITIONS as u32);
-    broker.create_topic("trades.dead-letter", 1);
     let influx = Influxd::start();
     influx.create_database("tickfold");
-    let scenario = Scenario::new(77, 6_000);
-    scenario.produce(&broker, "trades");
+    let (broker, scenario) = seeded_broker(77, 6_000);
 
     let dir = TempDir::new("end-to-end");
     let config = format!(
@@ -161,14 +157,27 @@ max_rows_per_file = 1500
 /// Runs `command`, killing it (and failing the test) if it has not ended
 /// by `deadline`: a hung host fails the test instead of hanging CI.
 fn run_with_deadline(command: &mut std::process::Command, deadline: std::time::Duration) -> std::process::Output {
+    run_with_deadline_signalled(command, None, deadline)
+}
+
+/// [`run_with_deadline`], sending SIGTERM `term_after` the start.
+fn run_with_deadline_signalled(
+    command: &mut std::process::Command,
+    term_after: Option<std::time::Duration>,
+    deadline: std::time::Duration,
+) -> std::process::Output {
     let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let id = child.id();
+    let id = child.id().to_string();
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(child.wait_with_output()));
+    if let Some(after) = term_after {
+        std::thread::sleep(after);
+        let _ = std::process::Command::new("kill").args(["-TERM", &id]).status();
+    }
     match wait.recv_timeout(deadline) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            let _ = std::process::Command::new("kill").args(["-9", &id.to_string()]).status();
+            let _ = std::process::Command::new("kill").args(["-9", &id]).status();
             panic!("tickfold run did not end within {deadline:?}; killed it");
         }
     }
@@ -220,34 +229,19 @@ close_timeout_ms = 1000
 
 #[test]
 fn sigterm_with_influxdb_down_ends_the_host_and_says_what_was_not_written() {
-    let broker = Tansu::start();
-    broker.create_topic("trades", PARTITIONS as u32);
-    broker.create_topic("trades.dead-letter", 1);
-    let scenario = Scenario::new(5, 2_000);
-    scenario.produce(&broker, "trades");
+    let (broker, _) = seeded_broker(5, 2_000);
     let dir = TempDir::new("sigterm");
     // Nothing listens there: every write fails and is retried.
     let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port());
     let config = small_config(dir.path(), &broker, &nowhere, "");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("TICKFOLD_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let (done, wait) = std::sync::mpsc::channel();
-    let id = child.id();
-    std::thread::spawn(move || done.send(child.wait_with_output()));
-    let out = match wait.recv_timeout(std::time::Duration::from_secs(60)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = std::process::Command::new("kill").args(["-9", &id.to_string()]).status();
-            panic!("the host did not stop within 60 s of SIGTERM while InfluxDB was down");
-        }
-    };
+    let out = run_with_deadline_signalled(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tickfold"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("TICKFOLD_LOG", "warn"),
+        Some(std::time::Duration::from_secs(4)),
+        std::time::Duration::from_secs(64),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "points were lost, so the run must fail:\n{stderr}");
     assert!(stderr.contains("not written"), "the error says points were not written:\n{stderr}");
@@ -255,13 +249,9 @@ fn sigterm_with_influxdb_down_ends_the_host_and_says_what_was_not_written() {
 
 #[test]
 fn committed_offsets_let_a_restarted_host_resume_where_it_stopped() {
-    let broker = Tansu::start();
-    broker.create_topic("trades", PARTITIONS as u32);
-    broker.create_topic("trades.dead-letter", 1);
     let influx = Influxd::start();
     influx.create_database("tickfold");
-    let first = Scenario::new(6, 1_500);
-    first.produce(&broker, "trades");
+    let (broker, first) = seeded_broker(6, 1_500);
     let dir = TempDir::new("resume");
     let config = small_config(dir.path(), &broker, &influx.url(), "stop_when_idle_ms = 1000");
     let run = || {

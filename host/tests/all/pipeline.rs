@@ -21,7 +21,7 @@ use tickfold::source::Row;
 use tickfold::source::kafka::{ReaderOptions, Start, headers};
 use tickfold_reference::market;
 
-use crate::conformance::{Out, assert_same, bars_as_out, close, ref_trades};
+use crate::conformance::{Out, assert_same, bars_as_out, close, ref_trades, vwap_outs};
 use crate::support::{Tansu, Trade, plugin_wasm, runtime, trades};
 
 pub const SYMBOLS: [&str; 6] = ["AAPL", "MSFT", "NVDA", "BTC-USD", "ETH-USD", "EURUSD"];
@@ -162,21 +162,7 @@ impl Scenario {
                 }
             }
         }
-        let session = market::session_vwap(&reference, 0);
-        let rolling = market::rolling_vwap(&reference, 300_000);
-        let vwap = good
-            .iter()
-            .zip(session.iter().zip(&rolling))
-            .filter_map(|(t, (s, r))| {
-                let (s, r) = (s.as_ref()?, r.as_ref()?);
-                Some(Out {
-                    series: "vwap".into(),
-                    key: t.symbol.clone(),
-                    ts: t.ts,
-                    values: vec![s.vwap, s.volume, r.vwap, r.volume],
-                })
-            })
-            .collect();
+        let vwap = vwap_outs(&good, &reference, 0, 300_000);
         let bars = bars_as_out(&bars).into_iter().map(|o| Out { series: "bars_1m".into(), ..o }).collect();
         Expected { bars, rsi, vwap }
     }
@@ -187,6 +173,17 @@ pub struct Expected {
     pub bars: Vec<Out>,
     pub rsi: Vec<Out>,
     pub vwap: Vec<Out>,
+}
+
+/// A broker with topic `trades` ([`PARTITIONS`] partitions) and its
+/// dead-letter topic, holding the seeded scenario.
+pub fn seeded_broker(seed: u64, trades: usize) -> (Tansu, Scenario) {
+    let broker = Tansu::start();
+    broker.create_topic("trades", PARTITIONS as u32);
+    broker.create_topic("trades.dead-letter", 1);
+    let scenario = Scenario::new(seed, trades);
+    scenario.produce(&broker, "trades");
+    (broker, scenario)
 }
 
 /// Reads `expected` records from the dead-letter topic (one partition).
@@ -300,11 +297,7 @@ pub fn stages() -> Vec<StageSpec> {
 
 #[test]
 fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_rest() {
-    let broker = Tansu::start();
-    broker.create_topic("trades", PARTITIONS as u32);
-    broker.create_topic("trades.dead-letter", 1);
-    let scenario = Scenario::new(41, 6_000);
-    scenario.produce(&broker, "trades");
+    let (broker, scenario) = seeded_broker(41, 6_000);
 
     let collected = Collected::default();
     let c = collected.clone();
