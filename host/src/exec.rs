@@ -341,8 +341,11 @@ impl Chain {
             let id = self.stages[stage].outputs[batch.series as usize];
             if self.report[id] {
                 let s = &self.series[id];
+                // One row's values at a time, in a buffer kept across rows.
+                let mut values = Vec::with_capacity(batch.fields.len());
                 for row in 0..batch.len() {
-                    let values: Vec<f64> = batch.fields.iter().map(|c| c[row]).collect();
+                    values.clear();
+                    values.extend(batch.fields.iter().map(|c| c[row]));
                     out.write(&s.name, &s.fields, self.keys.name(batch.keys[row]), batch.ts[row], &values)?;
                     self.stats.samples_out += 1;
                 }
