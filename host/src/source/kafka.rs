@@ -85,6 +85,33 @@ pub struct SourceCounters {
     pub dead_lettered: AtomicU64,
 }
 
+/// A poll's counts, before they are added to [`SourceCounters`].
+#[derive(Default)]
+struct LocalCounts {
+    records: u64,
+    trades: u64,
+    malformed: u64,
+    late: u64,
+    dead_lettered: u64,
+}
+
+impl LocalCounts {
+    fn add_to(&mut self, shared: &SourceCounters) {
+        let c = std::mem::take(self);
+        for (n, to) in [
+            (c.records, &shared.records),
+            (c.trades, &shared.trades),
+            (c.malformed, &shared.malformed),
+            (c.late, &shared.late),
+            (c.dead_lettered, &shared.dead_lettered),
+        ] {
+            if n > 0 {
+                to.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// The number of partitions of `topic`. `options` may carry connection
 /// settings (security, SASL, SSL); the others are left out.
 pub fn partition_count(
@@ -190,6 +217,10 @@ pub struct PartitionReader {
     counters: Arc<SourceCounters>,
     /// Turn to start the next poll at, so no partition is always first.
     turn: usize,
+    /// Counts of the current poll, added to the shared ones once per poll:
+    /// an atomic add per record, on counters every worker shares, costs
+    /// more than decoding the record.
+    local: LocalCounts,
     decoded: Vec<Trade>,
 }
 
@@ -266,6 +297,7 @@ impl PartitionReader {
             dead_letters,
             counters,
             turn: 0,
+            local: LocalCounts::default(),
             decoded: Vec::new(),
         })
     }
@@ -297,6 +329,7 @@ impl PartitionReader {
             read += self.poll_partition(at, floor, out);
         }
         self.turn = self.turn.wrapping_add(1);
+        self.local.add_to(&self.counters);
         read
     }
 
@@ -322,21 +355,21 @@ impl PartitionReader {
             part.at_end = false;
             part.last_record = Instant::now();
             part.next_offset = Some(message.offset() + 1);
-            self.counters.records.fetch_add(1, Ordering::Relaxed);
+            self.local.records += 1;
             let payload = message.payload().unwrap_or_default();
             self.decoded.clear();
             if let Err(e) = self.decoder.decode(payload, &mut self.decoded) {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.local.malformed += 1;
                 if let Some(dl) = &self.dead_letters {
                     dl.send(message.key(), payload, "malformed", &e.to_string(), part.id, message.offset());
-                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.local.dead_lettered += 1;
                 }
                 continue;
             }
             for trade in self.decoded.drain(..) {
                 let line = part.watermark(lateness).max(floor);
                 if trade.ts < line {
-                    self.counters.late.fetch_add(1, Ordering::Relaxed);
+                    self.local.late += 1;
                     if let (true, Some(dl)) = (self.options.dead_letter_late, &self.dead_letters) {
                         // One dead letter per late trade, as a flat record,
                         // so a record whose other trades were used is never
@@ -360,13 +393,13 @@ impl PartitionReader {
                             part.id,
                             message.offset(),
                         );
-                        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        self.local.dead_lettered += 1;
                     }
                     continue;
                 }
                 part.max_ts = part.max_ts.max(trade.ts);
                 part.last_trade = part.last_record;
-                self.counters.trades.fetch_add(1, Ordering::Relaxed);
+                self.local.trades += 1;
                 out.push(Row {
                     key: trade.symbol,
                     ts: trade.ts,
