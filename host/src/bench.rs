@@ -112,6 +112,7 @@ pub struct PipelineFigures {
 /// would add its wait to the time.
 pub fn pipeline(config: &Config, file: Option<&Path>) -> Result<PipelineFigures> {
     let counters = Arc::new(RunCounters::default());
+    counters.profile.store(true, Ordering::Relaxed);
     let done = Arc::new(AtomicBool::new(false));
     // When the first record was read (sampled every millisecond), and
     // every thread's CPU time as last seen (threads end with the run, and

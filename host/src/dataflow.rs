@@ -89,6 +89,9 @@ pub struct RunCounters {
     pub times: StageTimes,
     /// Rows sent by the sources and not yet through a plugin chain.
     pub in_flight: std::sync::atomic::AtomicI64,
+    /// Time the sinks' per-sample writes too (`times.sinks_ns`): two clock
+    /// reads per output sample, for `tickfold bench`.
+    pub profile: AtomicBool,
 }
 
 /// Rows in flight (read, not yet processed) beyond which the Kafka sources
@@ -524,7 +527,10 @@ fn process<'scope>(
 ) {
     let chain = Chain::open_dag(&pipeline.stages, &pipeline.input_name, &pipeline.input_fields, 0, pipeline.report_all);
     let mut state = match (chain, fanout) {
-        (Ok(chain), Ok(fanout)) => Some((chain, fanout)),
+        (Ok(chain), Ok(mut fanout)) => {
+            fanout.timed = shared.counters.profile.load(Ordering::Relaxed);
+            Some((chain, fanout))
+        }
         (Err(e), _) => {
             shared.fail(e);
             None
