@@ -113,7 +113,8 @@ impl Collector for HostCollector {
         let Sources { counters, influx, archive } = &self.sources;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
-        let mut build = e.encode_descriptor("build_info", "The running tickfold's version.", None, MetricType::Gauge)?;
+        let mut build =
+            e.encode_descriptor("build_info", "The running tickfold's version.", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
 
         let s = &counters.source;
@@ -167,9 +168,12 @@ impl Collector for HostCollector {
             Some(&Unit::Seconds),
             MetricType::Counter,
         )?;
-        for (stage, ns) in
-            [("source", &t.source_ns), ("process", &t.process_ns), ("sinks", &t.sinks_ns), ("sink_wait", &t.sink_wait_ns)]
-        {
+        for (stage, ns) in [
+            ("source", &t.source_ns),
+            ("process", &t.process_ns),
+            ("sinks", &t.sinks_ns),
+            ("sink_wait", &t.sink_wait_ns),
+        ] {
             ConstCounter::new(load(ns) as f64 / 1e9).encode(stages.encode_family(&[("stage", stage)])?)?;
         }
 
@@ -199,7 +203,8 @@ impl Collector for HostCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (reason, n) in [("non_finite", i.points_skipped_non_finite), ("unwritable", i.points_skipped_unwritable)]
+            for (reason, n) in
+                [("non_finite", i.points_skipped_non_finite), ("unwritable", i.points_skipped_unwritable)]
             {
                 ConstCounter::new(n).encode(skipped.encode_family(&[("reason", reason)])?)?;
             }
@@ -274,8 +279,7 @@ impl MetricsServer {
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         // One thread is plenty for a scrape every few seconds.
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(MetricsError::Start)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(MetricsError::Start)?;
         let registry = Arc::new(registry(sources));
         let app = axum::Router::new().route(
             "/metrics",
