@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::decode::{FieldNames, Shape};
+use crate::metrics::MetricsConfig;
 use crate::sink::archive::ArchiveConfig;
 use crate::sink::influx::InfluxConfig;
 
@@ -59,6 +60,11 @@ pub struct Config {
     /// The plugin sandbox.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// The Prometheus endpoint (`/metrics`); served only when the
+    /// `[metrics]` table is present (`listen` defaults to
+    /// `127.0.0.1:9464`).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 fn default_workers() -> usize {
@@ -317,7 +323,7 @@ impl Config {
 
 /// Keys whose values are always text, whatever they look like (a password
 /// of digits, a topic called `2024`).
-const STRING_KEYS: [&str; 16] = [
+const STRING_KEYS: [&str; 17] = [
     "brokers",
     "topic",
     "group",
@@ -334,6 +340,7 @@ const STRING_KEYS: [&str; 16] = [
     "wasm",
     "compile_cache",
     "input",
+    "listen",
 ];
 
 /// Sets the key `var` names (see the module docs) to `value`.
@@ -468,6 +475,19 @@ mod tests {
         assert_eq!(c.kafka.options["fetch.max.bytes"], "1000");
         assert_eq!(c.kafka.options["enable.idempotence"], "true");
         assert_eq!(c.kafka.topic, "2024");
+    }
+
+    #[test]
+    fn metrics_table_turns_the_endpoint_on_with_a_default_address() {
+        assert_eq!(parse(MINIMAL, &[]).unwrap().metrics, None);
+        let c = parse(&format!("{MINIMAL}\n[metrics]\n"), &[]).unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());
+        let c = parse(MINIMAL, &[("TICKFOLD__METRICS__LISTEN", "0.0.0.0:9100")]).unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "0.0.0.0:9100".parse().unwrap());
+        let e = parse(&format!("{MINIMAL}\n[metrics]\nlisten = \"localhost\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("listen") || e.contains("address"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[metrics]\nport = 1\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -141,6 +141,19 @@ pub fn run_with(
         stop_when_idle: kafka.stop_when_idle_ms.map(Duration::from_millis),
         stop_after_records: kafka.stop_after_records,
     };
+    // The endpoint reads the same counters the reporter logs; it must be
+    // stopped before the InfluxDB sink closes (it holds the sink).
+    let metrics = match &config.metrics {
+        Some(c) => {
+            let sources = crate::metrics::Sources {
+                counters: counters.clone(),
+                influx: influx.clone(),
+                archive: archive.as_ref().map(|_| archive_stats.clone()),
+            };
+            Some(crate::metrics::MetricsServer::start(c, sources).context("starting the metrics endpoint")?)
+        }
+        None => None,
+    };
     let reporter = Reporter::start(counters.clone(), influx.clone(), interrupted.clone());
     let result = match file {
         None => dataflow::run(&options, &pipeline, sinks, counters.clone(), interrupted.clone()),
@@ -164,6 +177,9 @@ pub fn run_with(
         }
     };
     reporter.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     // Whatever happened, write what the sinks hold; a failed run's own
     // error comes first.
     let influx_stats = match influx.map(Arc::try_unwrap) {
@@ -186,12 +202,7 @@ pub fn run_with(
     }
     let archive = archive.map(|_| {
         let per_worker = archive_stats.lock().expect("archive stats lock");
-        per_worker.iter().fold(ArchiveStats::default(), |a, s| ArchiveStats {
-            rows_written: a.rows_written + s.rows_written,
-            files_written: a.files_written + s.files_written,
-            bytes_written: a.bytes_written + s.bytes_written,
-            buffered_rows: a.buffered_rows + s.buffered_rows,
-        })
+        crate::metrics::sum_archive(&per_worker)
     });
     Ok(Summary { run, influx: influx_stats, archive, elapsed: started.elapsed() })
 }

@@ -14,7 +14,9 @@
 //!    from stage to stage (also `tickfold exec`, single-threaded).
 //! 6. [`plugin`] runs WebAssembly stream functions over columnar batches in
 //!    a sandbox.
-//! 7. [`cli`] is the `tickfold` command.
+//! 7. [`sink`] writes the outputs to InfluxDB and the Parquet archive.
+//! 8. [`metrics`] serves the run's counters to Prometheus (`[metrics]`).
+//! 9. [`cli`] is the `tickfold` command.
 //!
 //! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
@@ -26,6 +28,7 @@ pub mod decode;
 pub mod exec;
 pub mod host;
 pub mod keys;
+pub mod metrics;
 pub mod plugin;
 pub mod produce;
 pub mod sink;

@@ -198,7 +198,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// A config for `tickfold run` over topic `trades` with one plugin (vwap)
 /// and InfluxDB at `influx_url`; `extra` is appended to `[kafka]`.
-fn small_config(dir: &std::path::Path, broker: &Tansu, influx_url: &str, extra: &str) -> std::path::PathBuf {
+pub(crate) fn small_config(dir: &std::path::Path, broker: &Tansu, influx_url: &str, extra: &str) -> std::path::PathBuf {
     let config = format!(
         r#"
 workers = 2

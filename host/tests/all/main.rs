@@ -9,11 +9,12 @@
 //! | `kafka` | against a real broker (tansu): `tickfold produce`, read back partition by partition |
 //! | `end_to_end` | `tickfold run` against tansu, InfluxDB 1.x and the Parquet archive: what InfluxDB and the archive hold, against the references; dead letters |
 //! | `influx` | the InfluxDB sink against real servers (InfluxDB 1.6 over v1, VictoriaMetrics over v2): every value read back, a late server, rewrites |
+//! | `metrics` | `tickfold run`'s `/metrics` scraped by a real Prometheus: records read and dead letters as Prometheus's query API sees them, then SIGTERM |
 //! | `pipeline` | the streaming host over a real broker: partitions on 2 workers, watermarks, dead letters, the DAG against the references |
 //!
 //! `support` builds the plugins once per run (scripts/build-plugins.sh),
 //! generates seeded data, and starts real services (tansu, influxd,
-//! victoria-metrics) on free loopback ports.
+//! victoria-metrics, prometheus) on free loopback ports.
 
 mod author;
 mod cli;
@@ -21,6 +22,7 @@ mod conformance;
 mod end_to_end;
 mod influx;
 mod kafka;
+mod metrics;
 mod pipeline;
 mod runtime;
 mod support;

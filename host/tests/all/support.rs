@@ -333,3 +333,83 @@ impl Drop for VictoriaMetrics {
         let _ = self.child.wait();
     }
 }
+
+/// A real Prometheus (Debian's `prometheus` 2.42) on a loopback port,
+/// scraping one target every second, with its data in a temporary
+/// directory, stopped when dropped. Installed by scripts/install-services.sh.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes `http://{target}/metrics` (`host:port`), job `tickfold`.
+    pub fn start(target: &str) -> Self {
+        let dir = TempDir::new("prometheus");
+        let port = free_port();
+        let config = format!(
+            r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: tickfold
+    static_configs:
+      - targets: ["{target}"]
+"#
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("prometheus.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("/usr/bin/prometheus is missing: run scripts/install-services.sh");
+        let server = Prometheus { child, port, _dir: dir };
+        wait_until_up("prometheus", &format!("{}/-/ready", server.url()), &log_path);
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The value of each series an instant PromQL query returns, by its
+    /// labels (as JSON text).
+    pub fn query(&self, promql: &str) -> Vec<(String, f64)> {
+        let response = reqwest::blocking::Client::new()
+            .get(format!("{}/api/v1/query", self.url()))
+            .query(&[("query", promql)])
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{promql}: {}", response.status());
+        let answer: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        let series = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+        series
+            .iter()
+            .map(|s| (s["metric"].to_string(), s["value"][1].as_str().unwrap().parse::<f64>().unwrap()))
+            .collect()
+    }
+
+    /// The single value `promql` has, if it has one.
+    pub fn value(&self, promql: &str) -> Option<f64> {
+        match self.query(promql).as_slice() {
+            [(_, v)] => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
