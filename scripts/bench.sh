@@ -41,6 +41,7 @@ export TICKFOLD__KAFKA__BROKERS=$BROKERS
 export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
 export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
 export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
+export TICKFOLD__METRICS__LISTEN=127.0.0.1:$(free_port)
 
 if [[ "${BENCH_ONLY:-}" != latency ]]; then
 echo "== preloading $trades trades into topic bench (4 partitions)"

@@ -47,9 +47,11 @@ export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
 export TICKFOLD__SINKS__INFLUX__FLUSH_INTERVAL_MS=200
 export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
 export TICKFOLD__SINKS__ARCHIVE__ROLL_INTERVAL_MS=60000
+metrics_port=$(free_port)
+export TICKFOLD__METRICS__LISTEN=127.0.0.1:$metrics_port
 $tickfold run --config examples/tickfold.toml >"$state/host.log" 2>&1 &
 host=$!
-echo "tickfold: host running (log: $state/host.log; config: examples/tickfold.toml)"
+echo "tickfold: host running (log: $state/host.log; config: examples/tickfold.toml; metrics: http://127.0.0.1:$metrics_port/metrics)"
 echo
 
 started=$(date +%s)
