@@ -624,8 +624,10 @@ fn process<'scope>(
 
 /// The worker a key goes to is a pure function of the key.
 fn key_hash(key: &str) -> u64 {
-    // Fixed keys, not `RandomState`: every worker must route a key alike.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // A fixed hash, not `RandomState`: every worker (and every run, whose
+    // archive file names carry the worker) must route a key alike. FxHash:
+    // SipHash showed in profiles, and symbols are short.
+    let mut h = rustc_hash::FxHasher::default();
     key.hash(&mut h);
     h.finish()
 }

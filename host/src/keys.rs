@@ -4,7 +4,7 @@
 //! with every sample. Ids are dense from 0, so plugins index vectors with
 //! them.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// A key's id.
 pub type KeyId = u32;
@@ -12,7 +12,7 @@ pub type KeyId = u32;
 /// Names to ids and back.
 #[derive(Clone, Debug, Default)]
 pub struct KeyTable {
-    ids: HashMap<String, KeyId>,
+    ids: FxHashMap<String, KeyId>,
     names: Vec<String>,
 }
 

@@ -10,7 +10,8 @@
 //! so the dataflow never depends on tokio and a slow scraper never holds a
 //! worker back.
 //!
-//! Per-partition lag and per-plugin metrics are not here yet (issue 5).
+//! Per-partition position, high watermark and lag are here; per-plugin
+//! metrics are not yet (issue 5).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -130,6 +131,30 @@ impl Collector for HostCollector {
             load(&s.dead_lettered),
         )?;
         counter(&mut e, "samples_out", "Output samples written to the sinks.", None, load(&counters.samples_out))?;
+        let partitions = s.partitions.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for (name, help, value) in [
+            (
+                "partition_position",
+                "The next offset the host will read, per partition.",
+                (|p: &crate::source::kafka::PartitionProgress| p.position) as fn(&_) -> Option<i64>,
+            ),
+            (
+                "partition_high_watermark",
+                "The partition's end as the broker last reported it (every second).",
+                |p: &crate::source::kafka::PartitionProgress| p.high_watermark,
+            ),
+            ("partition_lag", "Records in the partition the host has not read yet.", |p| p.lag()),
+        ] {
+            let known: Vec<(String, i64)> =
+                partitions.iter().filter_map(|(id, p)| Some((id.to_string(), value(p)?))).collect();
+            if known.is_empty() {
+                continue;
+            }
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (id, v) in known {
+                ConstGauge::new(v).encode(family.encode_family(&[("partition", id.as_str())])?)?;
+            }
+        }
         gauge(
             &mut e,
             "rows_in_flight",

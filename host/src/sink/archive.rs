@@ -51,7 +51,7 @@
 //! temp file and keeps the bucket buffered, so the next `advance` retries it
 //! under the same names.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -295,7 +295,7 @@ impl Archive {
             worker,
             watermark: i64::MIN,
             series: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
             last_series: usize::MAX,
             stats: ArchiveStats::default(),
         }
@@ -360,7 +360,7 @@ impl Bucket {
             late,
             first_seq: None,
             names: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             last_symbol: 0,
             symbol: Vec::new(),
             ts: Vec::new(),

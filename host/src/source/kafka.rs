@@ -83,6 +83,27 @@ pub struct SourceCounters {
     pub late: AtomicU64,
     /// Records sent to the dead-letter topic (malformed and late).
     pub dead_lettered: AtomicU64,
+    /// Per partition, where the host is and where the log ends.
+    pub partitions: std::sync::Mutex<BTreeMap<i32, PartitionProgress>>,
+}
+
+/// One partition's progress, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The next offset the host will read (`None` before the first record).
+    pub position: Option<i64>,
+    /// The log's end as the broker last reported it (librdkafka's
+    /// statistics, every second; `None` until the first report).
+    pub high_watermark: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// Records in the log the host has not read yet, when both ends are
+    /// known. (tansu's memory engine can report a high watermark below the
+    /// log's end: there this can read low, never negative.)
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.high_watermark? - self.position.unwrap_or(0)).max(0))
+    }
 }
 
 /// A poll's counts, before they are added to [`SourceCounters`].
@@ -166,11 +187,24 @@ pub fn owned_partitions(partitions: usize, index: usize, workers: usize) -> Vec<
 }
 
 /// The consumer's callbacks: librdkafka reports reaching a partition's
-/// end as a global error too; that is news, not an error.
-#[derive(Clone, Copy, Default)]
-pub struct SourceContext;
+/// end as a global error too (that is news, not an error), and its
+/// statistics carry each partition's high watermark.
+#[derive(Clone)]
+pub struct SourceContext {
+    counters: Arc<SourceCounters>,
+    topic: String,
+}
 
 impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut partitions = self.counters.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Partition -1 is librdkafka's internal "unassigned" one.
+        for (&id, p) in topic.partitions.iter().filter(|(id, p)| **id >= 0 && p.hi_offset >= 0) {
+            partitions.entry(id).or_default().high_watermark = Some(p.hi_offset);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
@@ -254,12 +288,17 @@ impl PartitionReader {
             .set("queued.min.messages", "500000")
             .set("queued.max.messages.kbytes", "262144")
             .set("fetch.wait.max.ms", "5")
-            .set("fetch.min.bytes", "1");
+            .set("fetch.min.bytes", "1")
+            // Each partition's high watermark for the lag metric.
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &options.options {
             config.set(k, v);
         }
-        let consumer: Arc<BaseConsumer<SourceContext>> =
-            Arc::new(config.create_with_context(SourceContext).map_err(|e| client("creating a consumer", e))?);
+        let consumer: Arc<BaseConsumer<SourceContext>> = Arc::new(
+            config
+                .create_with_context(SourceContext { counters: counters.clone(), topic: options.topic.clone() })
+                .map_err(|e| client("creating a consumer", e))?,
+        );
         let mut assignment = TopicPartitionList::new();
         for &(p, start) in partitions {
             let offset = match start {
@@ -330,6 +369,12 @@ impl PartitionReader {
         }
         self.turn = self.turn.wrapping_add(1);
         self.local.add_to(&self.counters);
+        if read > 0 {
+            let mut progress = self.counters.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for p in &self.partitions {
+                progress.entry(p.id).or_default().position = p.next_offset;
+            }
+        }
         read
     }
 

@@ -80,6 +80,14 @@ fn prometheus_scrapes_the_hosts_counters_while_it_runs() {
     assert_eq!(prometheus.value("count(tickfold_build_info)"), Some(1.0));
     assert_eq!(prometheus.query("tickfold_worker_seconds_total").len(), 4, "one series per stage");
     assert!(prometheus.value("tickfold_influx_points_buffered").is_some(), "the InfluxDB sink's metrics");
+    // Per partition: the position is each partition's record count, once
+    // everything is read; the lag shows once the broker reported an end.
+    for (p, records) in scenario.partitions.iter().enumerate() {
+        let promql = format!("tickfold_partition_position{{partition=\"{p}\"}}");
+        wait_for_value(&prometheus, &promql, records.len() as f64, deadline, guard.0, &log);
+    }
+    let promql = "count(tickfold_partition_lag)";
+    wait_for_value(&prometheus, promql, scenario.partitions.len() as f64, deadline, guard.0, &log);
     let host_log = std::fs::read_to_string(&log).unwrap();
     assert!(host_log.contains(&format!("http://{listen}/metrics")), "the address is logged:\n{host_log}");
 
