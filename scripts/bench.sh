@@ -33,8 +33,6 @@ start_influxd "$state/influxdb"
 influxql tickfold "CREATE DATABASE tickfold" >/dev/null
 create_topic bench 4
 create_topic bench.dead-letter 1
-create_topic latency 4
-create_topic latency.dead-letter 1
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 export TICKFOLD__KAFKA__BROKERS=$BROKERS
@@ -75,6 +73,14 @@ TICKFOLD__WORKERS=2 TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' \
   $tickfold bench pipeline --config examples/tickfold.toml --input "$state/trades.csv"
 
 fi
+
+# (e) on fresh services: after the runs above InfluxDB compacts what it
+# took in, on the same two cores, and the broker holds 10M records.
+stop_services
+start_tansu "$state/tansu-latency"
+export TICKFOLD__KAFKA__BROKERS=$BROKERS
+create_topic latency 4
+create_topic latency.dead-letter 1
 
 echo "== (e) latency at ${BENCH_RATE:-100000} trades/s"
 TICKFOLD__KAFKA__TOPIC=latency TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__IDLE_TIMEOUT_MS=200 \
