@@ -409,11 +409,8 @@ fn replay(args: ReplayArgs) -> Result<()> {
         batch_rows: run.batch_rows,
         report_all: run.all_stages,
     };
-    let stages: Vec<StageSpec> = plugins
-        .into_iter()
-        .zip(params)
-        .map(|(plugin, params)| StageSpec { plugin, params, input: None, rename: Default::default() })
-        .collect();
+    let stages: Vec<StageSpec> =
+        plugins.into_iter().zip(params).map(|(plugin, params)| StageSpec::new(plugin, params)).collect();
     let s = crate::dataflow::replay(&run.input, &stages, &options, out.clone())?;
     out.lock().map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?.finish()?;
     summary(&run.input, s.rows_in, s.late, s.samples_out, started)

@@ -20,6 +20,7 @@
 //! take a `field` parameter for that reason.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::keys::KeyTable;
 use crate::plugin::{self, Batch, LoadedPlugin, Param, PluginInstance, SeriesDecl};
@@ -68,6 +69,7 @@ struct Wire {
 
 struct Stage {
     instance: PluginInstance,
+    stats: std::sync::Arc<StageStats>,
     wires: Vec<Wire>,
     /// Series ids of the stage's outputs, by output index.
     outputs: Vec<usize>,
@@ -133,6 +135,48 @@ pub struct StageSpec {
     pub input: Option<Vec<String>>,
     /// Output series renamed: plugin's name → name in the sinks.
     pub rename: std::collections::BTreeMap<String, String>,
+    /// The stage's counts, shared by every worker's instance of it (clones
+    /// of a spec share them).
+    pub stats: std::sync::Arc<StageStats>,
+}
+
+impl StageSpec {
+    /// A stage that wires by fields and renames nothing.
+    pub fn new(plugin: LoadedPlugin, params: Vec<Param>) -> Self {
+        StageSpec { plugin, params, input: None, rename: Default::default(), stats: Default::default() }
+    }
+}
+
+/// Upper bounds of the call-latency buckets, in µs (Prometheus-style,
+/// cumulative when reported; the last bucket is +Inf).
+pub const CALL_BUCKETS_US: [u64; 9] = [10, 50, 100, 500, 1_000, 5_000, 10_000, 100_000, 1_000_000];
+
+/// A stage's counts over all workers, for the metrics: samples in and
+/// out, calls into the plugin and how long they took, failures.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    pub samples_in: AtomicU64,
+    pub samples_out: AtomicU64,
+    /// Calls that failed (traps, deadlines, memory, errors).
+    pub failures: AtomicU64,
+    /// Calls per latency bucket (`CALL_BUCKETS_US`, then +Inf), not
+    /// cumulative.
+    pub calls: [AtomicU64; CALL_BUCKETS_US.len() + 1],
+    /// Time in calls, ns.
+    pub call_ns: AtomicU64,
+}
+
+impl StageStats {
+    fn record<T, E>(&self, started: std::time::Instant, result: &Result<T, E>) {
+        let took = started.elapsed();
+        let us = took.as_micros() as u64;
+        let bucket = CALL_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(CALL_BUCKETS_US.len());
+        self.calls[bucket].fetch_add(1, Ordering::Relaxed);
+        self.call_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A chain of plugin instances wired to an input's fields.
@@ -158,16 +202,8 @@ impl Chain {
         lag_ms: i64,
         report_all: bool,
     ) -> Result<Self, ExecError> {
-        let stages: Vec<StageSpec> = plugins
-            .iter()
-            .zip(params)
-            .map(|(plugin, params)| StageSpec {
-                plugin: plugin.clone(),
-                params: params.clone(),
-                input: None,
-                rename: Default::default(),
-            })
-            .collect();
+        let stages: Vec<StageSpec> =
+            plugins.iter().zip(params).map(|(plugin, params)| StageSpec::new(plugin.clone(), params.clone())).collect();
         Self::open_dag(&stages, "input", input_fields, lag_ms, report_all)
     }
 
@@ -231,7 +267,7 @@ impl Chain {
                 outputs.push(series.len());
                 series.push(Series { name, fields: out.fields.clone(), stage: Some(i) });
             }
-            stages.push(Stage { instance, wires, outputs });
+            stages.push(Stage { instance, wires, outputs, stats: spec.stats.clone() });
         }
         let last = specs.len().saturating_sub(1);
         let report = series.iter().map(|s| s.stage.is_some_and(|st| report_all || st == last)).collect();
@@ -310,7 +346,12 @@ impl Chain {
     /// arrive, routing what that closes downstream.
     pub fn advance(&mut self, watermark: i64, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
         for i in 0..self.stages.len() {
-            let produced = self.stages[i].instance.on_watermark(watermark)?;
+            let stage = &mut self.stages[i];
+            let started = std::time::Instant::now();
+            let produced = stage.instance.on_watermark(watermark);
+            stage.stats.record(started, &produced);
+            let produced = produced?;
+            stage.stats.samples_out.fetch_add(produced.iter().map(|b| b.len() as u64).sum(), Ordering::Relaxed);
             self.route(i, produced, out)?;
         }
         Ok(())
@@ -330,7 +371,15 @@ impl Chain {
             if inputs.is_empty() {
                 continue;
             }
-            let produced = self.stages[i].instance.process(&inputs, &self.keys)?;
+            let stage = &mut self.stages[i];
+            let started = std::time::Instant::now();
+            let produced = stage.instance.process(&inputs, &self.keys);
+            stage.stats.record(started, &produced);
+            let produced = produced?;
+            let (sin, sout) =
+                (inputs.iter().map(Batch::len).sum::<usize>(), produced.iter().map(Batch::len).sum::<usize>());
+            stage.stats.samples_in.fetch_add(sin as u64, Ordering::Relaxed);
+            stage.stats.samples_out.fetch_add(sout as u64, Ordering::Relaxed);
             self.route(i, produced, out)?;
         }
         Ok(())

@@ -45,7 +45,7 @@ pub fn stages(config: &Config, runtime: &PluginRuntime) -> Result<Vec<StageSpec>
                 .with_context(|| format!("loading plugin {}", p.wasm.display()))?;
             let pairs = p.param_pairs();
             let params = crate::plugin::params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            Ok(StageSpec { plugin, params, input: p.input.clone(), rename: p.rename.clone() })
+            Ok(StageSpec { input: p.input.clone(), rename: p.rename.clone(), ..StageSpec::new(plugin, params) })
         })
         .collect()
 }
@@ -149,6 +149,11 @@ pub fn run_with(
                 counters: counters.clone(),
                 influx: influx.clone(),
                 archive: archive.as_ref().map(|_| archive_stats.clone()),
+                plugins: pipeline
+                    .stages
+                    .iter()
+                    .map(|s| (s.plugin.descriptor().name.clone(), s.stats.clone()))
+                    .collect(),
             };
             Some(crate::metrics::MetricsServer::start(c, sources).context("starting the metrics endpoint")?)
         }

@@ -10,8 +10,8 @@
 //! so the dataflow never depends on tokio and a slow scraper never holds a
 //! worker back.
 //!
-//! Per-partition position, high watermark and lag are here; per-plugin
-//! metrics are not yet (issue 5).
+//! Per partition: position, high watermark and lag. Per plugin (stage of
+//! the DAG): samples in and out, failed calls, and call times.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::Deserialize;
 
 use crate::dataflow::RunCounters;
+use crate::exec::{CALL_BUCKETS_US, StageStats};
 use crate::sink::archive::ArchiveStats;
 use crate::sink::influx::InfluxSink;
 
@@ -80,6 +81,8 @@ pub struct Sources {
     pub influx: Option<Arc<InfluxSink>>,
     /// Each archive writer's counts (one per worker), when configured.
     pub archive: Option<Arc<Mutex<Vec<ArchiveStats>>>>,
+    /// Each stage of the plugin DAG: the plugin's name and its counts.
+    pub plugins: Vec<(String, Arc<StageStats>)>,
 }
 
 /// Reads [`Sources`] at scrape time and encodes every metric.
@@ -111,7 +114,7 @@ where
 
 impl Collector for HostCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let Sources { counters, influx, archive } = &self.sources;
+        let Sources { counters, influx, archive, plugins } = &self.sources;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
         let mut build =
@@ -184,6 +187,52 @@ impl Collector for HostCollector {
                 Some(&Unit::Seconds),
                 now - watermark,
             )?;
+        }
+
+        // Per stage of the DAG (labels: the plugin's name and its stage).
+        if !plugins.is_empty() {
+            for (name, help, get) in [
+                (
+                    "plugin_samples_in",
+                    "Samples handed to the plugin.",
+                    (|p: &StageStats| &p.samples_in) as fn(&StageStats) -> &std::sync::atomic::AtomicU64,
+                ),
+                ("plugin_samples_out", "Samples the plugin wrote.", |p: &StageStats| &p.samples_out),
+                (
+                    "plugin_failures",
+                    "Calls into the plugin that failed (traps, deadlines, memory, errors).",
+                    |p: &StageStats| &p.failures,
+                ),
+            ] {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (stage, (plugin, stats)) in plugins.iter().enumerate() {
+                    let stage = stage.to_string();
+                    let labels = [("plugin", plugin.as_str()), ("stage", stage.as_str())];
+                    ConstCounter::new(load(get(stats))).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = e.encode_descriptor(
+                "plugin_call_duration",
+                "Time per call into the plugin (process and on-watermark).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (stage, (plugin, stats)) in plugins.iter().enumerate() {
+                let stage = stage.to_string();
+                let labels = [("plugin", plugin.as_str()), ("stage", stage.as_str())];
+                // Per-bucket counts: the encoder makes them cumulative, and
+                // reads f64::MAX as +Inf.
+                let buckets: Vec<(f64, u64)> = stats
+                    .calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, count)| (CALL_BUCKETS_US.get(i).map_or(f64::MAX, |&us| us as f64 / 1e6), load(count)))
+                    .collect();
+                let count = buckets.iter().map(|b| b.1).sum();
+                let sum = load(&stats.call_ns) as f64 / 1e9;
+                let mut metric = family.encode_family(&labels)?;
+                metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+            }
         }
 
         let t = &counters.times;
@@ -393,7 +442,8 @@ mod tests {
             ArchiveStats { rows_written: 10, files_written: 1, bytes_written: 400, buffered_rows: 3 },
             ArchiveStats { rows_written: 5, files_written: 2, bytes_written: 100, buffered_rows: 0 },
         ]));
-        let registry = registry(Sources { counters: counters.clone(), influx: None, archive: Some(archive) });
+        let registry =
+            registry(Sources { counters: counters.clone(), influx: None, archive: Some(archive), plugins: Vec::new() });
         let text = render(&registry);
         let expect = [
             ("tickfold_records_read_total", 1_000.0),

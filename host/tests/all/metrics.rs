@@ -86,6 +86,15 @@ fn prometheus_scrapes_the_hosts_counters_while_it_runs() {
         let promql = format!("tickfold_partition_position{{partition=\"{p}\"}}");
         wait_for_value(&prometheus, &promql, records.len() as f64, deadline, guard.0, &log);
     }
+    // Per plugin (the config's one stage, vwap): every trade went in, one
+    // VWAP per trade came out, and every call is in the histogram.
+    let trades = scenario.good().len() as f64;
+    wait_for_value(&prometheus, "tickfold_plugin_samples_in_total{plugin=\"vwap\"}", trades, deadline, guard.0, &log);
+    wait_for_value(&prometheus, "tickfold_plugin_samples_out_total{plugin=\"vwap\"}", trades, deadline, guard.0, &log);
+    assert_eq!(prometheus.value("tickfold_plugin_failures_total{plugin=\"vwap\"}"), Some(0.0));
+    let calls = prometheus.value("tickfold_plugin_call_duration_seconds_count{plugin=\"vwap\"}").unwrap_or(0.0);
+    let inf = prometheus.value("tickfold_plugin_call_duration_seconds_bucket{plugin=\"vwap\",le=\"+Inf\"}");
+    assert!(calls > 0.0 && inf == Some(calls), "calls {calls}, +Inf bucket {inf:?}");
     let promql = "count(tickfold_partition_lag)";
     wait_for_value(&prometheus, promql, scenario.partitions.len() as f64, deadline, guard.0, &log);
     let host_log = std::fs::read_to_string(&log).unwrap();

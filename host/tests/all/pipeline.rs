@@ -287,6 +287,7 @@ pub fn stages() -> Vec<StageSpec> {
         params: tickfold::plugin::params(params.iter().copied()),
         input: input.map(|i| vec![i.to_string()]),
         rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        stats: Default::default(),
     };
     vec![
         stage("ohlcv", &[("window", "1m")], Some("trades"), &[("bars", "bars_1m")]),
