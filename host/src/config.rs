@@ -96,8 +96,8 @@ pub struct KafkaConfig {
     /// What happens to a trade later than that.
     #[serde(default)]
     pub late: LatePolicy,
-    /// A partition with no records for this long stops holding the
-    /// watermark back, in ms.
+    /// A partition read to its end with no trade for this long stops
+    /// holding the watermark back, in ms.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
     /// Records taken from one partition before turning to the next, so

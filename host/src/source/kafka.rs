@@ -239,6 +239,15 @@ impl Partition {
     fn watermark(&self, lateness: i64) -> i64 {
         self.max_ts.saturating_sub(lateness)
     }
+
+    /// Idle: read to its end, and no trade for `timeout`. A partition whose
+    /// backlog has not been read yet is never idle, however long its first
+    /// fetch takes: taking it for idle would let the others' watermark run
+    /// ahead and make its whole backlog late. (A partition whose leader is
+    /// down therefore holds the watermark: its lag metric shows why.)
+    fn idle(&self, now: Instant, timeout: Duration) -> bool {
+        self.at_end && now.duration_since(self.last_trade) >= timeout
+    }
 }
 
 /// Reads one worker's partitions.
@@ -462,11 +471,7 @@ impl PartitionReader {
     /// then follows the other workers).
     pub fn watermark(&self, now: Instant) -> Option<i64> {
         let lateness = self.options.allowed_lateness_ms;
-        self.partitions
-            .iter()
-            .filter(|p| now.duration_since(p.last_trade) < self.options.idle_timeout)
-            .map(|p| p.watermark(lateness))
-            .min()
+        self.partitions.iter().filter(|p| !p.idle(now, self.options.idle_timeout)).map(|p| p.watermark(lateness)).min()
     }
 
     /// Each partition's watermark, for the other workers' idle handling
@@ -474,7 +479,7 @@ impl PartitionReader {
     pub fn partition_watermarks(&self, now: Instant) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
         let lateness = self.options.allowed_lateness_ms;
         self.partitions.iter().map(move |p| {
-            let active = now.duration_since(p.last_trade) < self.options.idle_timeout;
+            let active = !p.idle(now, self.options.idle_timeout);
             (p.id, active.then(|| p.watermark(lateness)))
         })
     }

@@ -52,7 +52,7 @@ pub struct Scenario {
     pub partitions: Vec<Vec<Record>>,
 }
 
-fn flat(t: &Trade) -> Vec<u8> {
+pub fn flat(t: &Trade) -> Vec<u8> {
     format!(r#"{{"symbol":"{}","ts":{},"price":{:?},"size":{:?}}}"#, t.symbol, t.ts, t.price, t.size).into_bytes()
 }
 
@@ -384,4 +384,87 @@ fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_res
 
     let letters = read_dead_letters(&broker, "trades.dead-letter", dead.len());
     check_dead_letters(&scenario, "trades", &letters);
+}
+
+/// A worker whose partitions have no trades at all follows the other
+/// workers' watermark once they are idle, instead of holding the frontier
+/// (and every window) back until the end.
+#[test]
+fn a_worker_with_only_idle_partitions_does_not_hold_the_frontier() {
+    let broker = Tansu::start();
+    broker.create_topic("trades", PARTITIONS as u32);
+    // Trades in partitions 0 and 2 only (worker 0's, with 2 workers);
+    // worker 1's partitions 1 and 3 stay empty.
+    let data = trades(8, &["AAPL", "NVDA"], 2_000, 1_700_000_000_000, 50.0);
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().unwrap();
+    for t in &data {
+        let partition = if t.symbol == "AAPL" { 0 } else { 2 };
+        let payload = flat(t);
+        let record = BaseRecord::to("trades").partition(partition).key(t.symbol.as_str()).payload(&payload);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let collected = Collected::default();
+    let c = collected.clone();
+    let sinks: SinkFactory = Arc::new(move |_| {
+        let mut fanout = Fanout::default();
+        fanout.add(Box::new(c.clone()), Vec::new());
+        Ok(fanout)
+    });
+    let pipeline = Pipeline {
+        stages: stages()[..1].to_vec(),
+        input_name: "trades".into(),
+        input_fields: vec!["price".into(), "size".into()],
+        keep_input: false,
+        report_all: true,
+    };
+    let options = RunOptions {
+        workers: 2,
+        reader: ReaderOptions {
+            brokers: broker.bootstrap(),
+            topic: "trades".into(),
+            group: "tickfold-test".into(),
+            allowed_lateness_ms: LATENESS_MS,
+            idle_timeout: Duration::from_millis(300),
+            max_batch: 500,
+            dead_letter_late: false,
+            options: Default::default(),
+        },
+        decoder: Decoder::new(Shape::Flat, None),
+        start: Start::Earliest,
+        dead_letter_topic: None,
+        stop_when_idle: None,
+        stop_after_records: None,
+    };
+    let counters = Arc::new(RunCounters::default());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (done, wait) = std::sync::mpsc::channel();
+    {
+        let (counters, interrupted) = (counters.clone(), interrupted.clone());
+        std::thread::spawn(move || {
+            let _ = done.send(dataflow::run(&options, &pipeline, sinks, counters, interrupted));
+        });
+    }
+    // The frontier (the lowest worker watermark) must reach the active
+    // partitions' watermark (the lower of the two) while the host runs,
+    // not only when it stops. Without following, worker 1 would hold it
+    // at the start.
+    let newest_of = |symbol: &str| data.iter().filter(|t| t.symbol == symbol).map(|t| t.ts).max().unwrap();
+    let expected = newest_of("AAPL").min(newest_of("NVDA")) - LATENESS_MS;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = i64::MIN;
+    while Instant::now() < deadline && seen < expected {
+        seen = counters.watermark.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stats = wait.recv_timeout(Duration::from_secs(60)).expect("the run stopped").unwrap();
+    assert_eq!((stats.trades, stats.records), (data.len() as u64, data.len() as u64), "{stats:?}");
+    assert_eq!(seen, expected, "the frontier reached the active partitions' watermark while running");
+    // And the windows it passed were closed then: bars are out, though
+    // the run was interrupted (which closes nothing).
+    let bars = collected.outputs.lock().unwrap().iter().filter(|o| o.series == "bars_1m").count();
+    assert!(bars > 0, "bars closed while the host ran");
 }
