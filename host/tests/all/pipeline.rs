@@ -278,6 +278,58 @@ impl SinkWriter for Collected {
     }
 }
 
+impl Collected {
+    /// Every worker's sinks: this one, shared.
+    fn sinks(&self) -> SinkFactory {
+        let c = self.clone();
+        Arc::new(move |_| {
+            let mut fanout = Fanout::default();
+            fanout.add(Box::new(c.clone()), Vec::new());
+            Ok(fanout)
+        })
+    }
+}
+
+/// `stages` over the trades (`price, size`), every stage's outputs reported.
+fn trades_pipeline(stages: Vec<StageSpec>, keep_input: bool) -> Pipeline {
+    Pipeline {
+        stages,
+        input_name: "trades".into(),
+        input_fields: vec!["price".into(), "size".into()],
+        keep_input,
+        report_all: true,
+    }
+}
+
+/// Reading topic `trades` of `broker`: late trades dropped (not
+/// dead-lettered), partitions idle after 5 s.
+fn reader_options(broker: &Tansu) -> ReaderOptions {
+    ReaderOptions {
+        brokers: broker.bootstrap(),
+        topic: "trades".into(),
+        group: "tickfold-test".into(),
+        allowed_lateness_ms: LATENESS_MS,
+        idle_timeout: Duration::from_secs(5),
+        max_batch: 500,
+        dead_letter_late: false,
+        options: Default::default(),
+    }
+}
+
+/// A run of 2 workers over `reader_options`, from the start, flat records,
+/// no dead-letter topic, until interrupted.
+fn run_options(broker: &Tansu) -> RunOptions {
+    RunOptions {
+        workers: 2,
+        reader: reader_options(broker),
+        decoder: Decoder::new(Shape::Flat, None),
+        start: Start::Earliest,
+        dead_letter_topic: None,
+        stop_when_idle: None,
+        stop_after_records: None,
+    }
+}
+
 /// The standard test DAG: ohlcv (bars renamed `bars_1m`) → rsi (renamed
 /// `rsi_14`), and vwap over the trades.
 pub fn stages() -> Vec<StageSpec> {
@@ -301,38 +353,19 @@ fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_res
     let (broker, scenario) = seeded_broker(41, 6_000);
 
     let collected = Collected::default();
-    let c = collected.clone();
-    let sinks: SinkFactory = Arc::new(move |_| {
-        let mut fanout = Fanout::default();
-        fanout.add(Box::new(c.clone()), Vec::new());
-        Ok(fanout)
-    });
-    let pipeline = Pipeline {
-        stages: stages(),
-        input_name: "trades".into(),
-        input_fields: vec!["price".into(), "size".into()],
-        keep_input: true,
-        report_all: true,
-    };
+    let sinks = collected.sinks();
+    let pipeline = trades_pipeline(stages(), true);
     let options = RunOptions {
-        workers: 2,
         reader: ReaderOptions {
-            brokers: broker.bootstrap(),
-            topic: "trades".into(),
-            group: "tickfold-test".into(),
-            allowed_lateness_ms: LATENESS_MS,
             // Longer than the test: no partition goes idle while others
             // still have data.
             idle_timeout: Duration::from_secs(600),
-            max_batch: 500,
             dead_letter_late: true,
-            options: Default::default(),
+            ..reader_options(&broker)
         },
-        decoder: Decoder::new(Shape::Flat, None),
-        start: Start::Earliest,
         dead_letter_topic: Some("trades.dead-letter".into()),
         stop_when_idle: Some(Duration::from_secs(1)),
-        stop_after_records: None,
+        ..run_options(&broker)
     };
     let counters = Arc::new(RunCounters::default());
     // On a thread with a deadline: a hung run fails the test, not CI.
@@ -407,36 +440,11 @@ fn a_worker_with_only_idle_partitions_does_not_hold_the_frontier() {
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let collected = Collected::default();
-    let c = collected.clone();
-    let sinks: SinkFactory = Arc::new(move |_| {
-        let mut fanout = Fanout::default();
-        fanout.add(Box::new(c.clone()), Vec::new());
-        Ok(fanout)
-    });
-    let pipeline = Pipeline {
-        stages: stages()[..1].to_vec(),
-        input_name: "trades".into(),
-        input_fields: vec!["price".into(), "size".into()],
-        keep_input: false,
-        report_all: true,
-    };
+    let sinks = collected.sinks();
+    let pipeline = trades_pipeline(stages()[..1].to_vec(), false);
     let options = RunOptions {
-        workers: 2,
-        reader: ReaderOptions {
-            brokers: broker.bootstrap(),
-            topic: "trades".into(),
-            group: "tickfold-test".into(),
-            allowed_lateness_ms: LATENESS_MS,
-            idle_timeout: Duration::from_millis(300),
-            max_batch: 500,
-            dead_letter_late: false,
-            options: Default::default(),
-        },
-        decoder: Decoder::new(Shape::Flat, None),
-        start: Start::Earliest,
-        dead_letter_topic: None,
-        stop_when_idle: None,
-        stop_after_records: None,
+        reader: ReaderOptions { idle_timeout: Duration::from_millis(300), ..reader_options(&broker) },
+        ..run_options(&broker)
     };
     let counters = Arc::new(RunCounters::default());
     let interrupted = Arc::new(AtomicBool::new(false));
