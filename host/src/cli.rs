@@ -419,9 +419,8 @@ fn replay(args: ReplayArgs) -> Result<()> {
 fn run_host(args: RunArgs) -> Result<()> {
     let config = crate::config::Config::load(&args.config)?;
     if args.check {
-        let runtime = PluginRuntime::new(SandboxLimits::default(), None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let stages = crate::host::stages(&config, &runtime)?;
-        let chain = Chain::open_dag(&stages, crate::host::TRADES, &["price".into(), "size".into()], 0, true)?;
+        let stages = crate::host::stages(&config, &crate::host::runtime(&config)?)?;
+        let chain = crate::host::wire(&stages)?;
         println!("{}: the plugin DAG wires; it writes:", args.config.display());
         for (name, fields) in chain.reported_series() {
             println!("  {name} ({})", fields.join(", "));

@@ -33,7 +33,29 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// Loads the config's plugins and checks their wiring, without running.
+/// The fields of the input series [`TRADES`].
+pub const TRADE_FIELDS: [&str; 2] = ["price", "size"];
+
+/// The WebAssembly runtime with the config's sandbox limits.
+pub fn runtime(config: &Config) -> Result<PluginRuntime> {
+    let limits = SandboxLimits {
+        memory_bytes: config.sandbox.memory_mib << 20,
+        call_timeout_ms: config.sandbox.call_timeout_ms,
+        ..SandboxLimits::default()
+    };
+    PluginRuntime::new(limits, config.sandbox.compile_cache.clone())
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("starting the WebAssembly runtime")
+}
+
+/// Opens one instance of each stage and wires the DAG over the trades:
+/// what `tickfold run --check` shows, and what a run checks first.
+pub fn wire(stages: &[StageSpec]) -> Result<crate::exec::Chain> {
+    crate::exec::Chain::open_dag(stages, TRADES, &TRADE_FIELDS.map(String::from), 0, true)
+        .context("wiring the plugin DAG")
+}
+
+/// Loads the config's plugins, without running them.
 pub fn stages(config: &Config, runtime: &PluginRuntime) -> Result<Vec<StageSpec>> {
     config
         .plugins
@@ -67,26 +89,17 @@ pub fn run_with(
     counters: Arc<RunCounters>,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let limits = SandboxLimits {
-        memory_bytes: config.sandbox.memory_mib << 20,
-        call_timeout_ms: config.sandbox.call_timeout_ms,
-        ..SandboxLimits::default()
-    };
-    let runtime = PluginRuntime::new(limits, config.sandbox.compile_cache.clone())
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .context("starting the WebAssembly runtime")?;
-    let stages = stages(config, &runtime)?;
+    let stages = stages(config, &runtime(config)?)?;
+    // Wire the DAG once here, so a mistake is reported before anything
+    // connects to Kafka.
+    wire(&stages)?;
     let pipeline = Pipeline {
         stages,
         input_name: TRADES.into(),
-        input_fields: vec!["price".into(), "size".into()],
+        input_fields: TRADE_FIELDS.map(String::from).to_vec(),
         keep_input: config.sinks.archive.is_some() && config.sinks.archive_trades,
         report_all: true,
     };
-    // Wire the DAG once here, so a mistake is reported before anything
-    // connects to Kafka.
-    crate::exec::Chain::open_dag(&pipeline.stages, TRADES, &pipeline.input_fields, 0, true)
-        .context("wiring the plugin DAG")?;
 
     let influx = match &config.sinks.influx {
         Some(c) => Some(Arc::new(InfluxSink::start(c.clone()).context("starting the InfluxDB sink")?)),
