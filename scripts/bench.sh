@@ -20,7 +20,7 @@ scripts/install-plugin-toolchain.sh
 scripts/install-services.sh
 scripts/build-plugins.sh >/dev/null
 cargo build --quiet --release -p tickfold
-tickfold=$root/target/release/tickfold
+tickfold=${CARGO_TARGET_DIR:-$root/target}/release/tickfold
 
 state=$root/target/bench
 rm -rf "$state"

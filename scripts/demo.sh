@@ -17,7 +17,7 @@ echo "tickfold: building the plugins"
 scripts/build-plugins.sh >/dev/null
 echo "tickfold: building the host"
 cargo build --quiet -p tickfold
-tickfold=$root/target/debug/tickfold
+tickfold=${CARGO_TARGET_DIR:-$root/target}/debug/tickfold
 
 state=$root/target/demo
 rm -rf "$state"
