@@ -43,6 +43,72 @@ enum Command {
     /// Runs a plugin chain over a file on the streaming dataflow: worker
     /// threads, rows exchanged by key, the frontier as the watermark.
     Replay(ReplayArgs),
+    /// Deploys a plugin into a running host, or upgrades the deployed
+    /// plugin of that name (its state carries over when the new version
+    /// can restore it).
+    Deploy(DeployArgs),
+    /// Lists the running host's plugins with their counts.
+    Plugins(PluginsArgs),
+    /// Removes a deployed plugin from the running host.
+    Remove(RemoveArgs),
+}
+
+/// Where the running host's admin API is.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The admin API (`[admin] listen` of the host's config).
+    #[arg(long, env = "TICKFOLD_ADMIN_URL", default_value = "http://127.0.0.1:9465")]
+    admin: String,
+    /// The bearer token (`[admin] token` of the host's config).
+    #[arg(long, env = "TICKFOLD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The plugin component (`.wasm`, from `cargo component build
+    /// --release`).
+    wasm: PathBuf,
+    /// The plugin's name in the host; its output series are called NAME
+    /// (one output) or NAME_OUTPUT (several).
+    #[arg(long)]
+    name: String,
+    /// The series each declared input reads, `SERIES` or `SERIES.FIELD`
+    /// (for a one-field input), in the plugin's order; unset: the newest
+    /// series with the fields it declares.
+    #[arg(long)]
+    input: Vec<String>,
+    /// A parameter, `key=value` (repeat it).
+    #[arg(long = "param", short = 'p')]
+    params: Vec<String>,
+    /// An output series' name, `OUTPUT=SERIES` (repeat it).
+    #[arg(long)]
+    rename: Vec<String>,
+    /// Answer once accepted, without waiting for it to take effect.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+struct PluginsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+struct RemoveArgs {
+    /// The deployed plugin's name.
+    name: String,
+    /// Answer once accepted, without waiting for it to take effect.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +361,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_host(args),
         Command::Bench(command) => bench(command),
         Command::Produce(args) => produce(args),
+        Command::Deploy(args) => deploy(args),
+        Command::Plugins(args) => plugins(args),
+        Command::Remove(args) => remove(args),
     }
 }
 
@@ -636,4 +705,44 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
 fn has_ext(p: &Path, exts: &[&str]) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn admin_client(args: &AdminArgs) -> Result<crate::client::AdminClient> {
+    crate::client::AdminClient::new(&args.admin, args.token.clone())
+}
+
+fn print_change(status: &crate::deploy::ChangeStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+    } else {
+        println!("{}", crate::client::describe_change(status));
+    }
+    Ok(())
+}
+
+fn deploy(args: DeployArgs) -> Result<()> {
+    let request = crate::client::Deploy {
+        name: args.name,
+        inputs: args.input,
+        params: args.params,
+        rename: args.rename,
+        wait_ms: args.no_wait.then_some(0),
+    };
+    let status = admin_client(&args.admin)?.deploy(&args.wasm, &request)?;
+    print_change(&status, args.admin.json)
+}
+
+fn plugins(args: PluginsArgs) -> Result<()> {
+    let list = admin_client(&args.admin)?.plugins()?;
+    if args.admin.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!("{}", crate::client::plugins_table(&list));
+    }
+    Ok(())
+}
+
+fn remove(args: RemoveArgs) -> Result<()> {
+    let status = admin_client(&args.admin)?.remove(&args.name, args.no_wait.then_some(0))?;
+    print_change(&status, args.admin.json)
 }

@@ -65,6 +65,10 @@ pub struct Config {
     /// `127.0.0.1:9464`).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The admin API (deploys, `tickfold plugins`); served only when the
+    /// `[admin]` table is present.
+    #[serde(default)]
+    pub admin: Option<crate::api::AdminConfig>,
 }
 
 fn default_workers() -> usize {
@@ -175,6 +179,10 @@ pub struct DecodeConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
+    /// The stage's name in `tickfold plugins` and the metrics (default:
+    /// the plugin's own name, with `-2`, `-3`… when several share it).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The component (`.wasm`).
     pub wasm: PathBuf,
     /// The series each declared input reads, in the plugin's order (a
@@ -300,6 +308,9 @@ impl Config {
         if let Some(cache) = &mut config.sandbox.compile_cache {
             *cache = base.join(&*cache);
         }
+        if let Some(admin) = &mut config.admin {
+            admin.state_dir = base.join(&admin.state_dir);
+        }
         config.check().map_err(invalid)?;
         Ok(config)
     }
@@ -314,8 +325,10 @@ impl Config {
         if self.kafka.max_batch == 0 {
             return Err("`kafka.max_batch` must be at least 1".into());
         }
-        if self.plugins.is_empty() {
-            return Err("no `[[plugin]]`: name at least one plugin to run".into());
+        if self.plugins.is_empty() && self.admin.is_none() {
+            return Err(
+                "no `[[plugin]]` and no `[admin]`: name at least one plugin to run, or enable the admin API to deploy plugins into the running host".into(),
+            );
         }
         Ok(())
     }
@@ -323,7 +336,7 @@ impl Config {
 
 /// Keys whose values are always text, whatever they look like (a password
 /// of digits, a topic called `2024`).
-const STRING_KEYS: [&str; 17] = [
+const STRING_KEYS: [&str; 19] = [
     "brokers",
     "topic",
     "group",
@@ -341,6 +354,8 @@ const STRING_KEYS: [&str; 17] = [
     "compile_cache",
     "input",
     "listen",
+    "state_dir",
+    "name",
 ];
 
 /// Sets the key `var` names (see the module docs) to `value`.

@@ -17,19 +17,19 @@
 //! it) and a Kafka topic ([`run`], every worker reads the partitions it
 //! owns, with a watermark per partition and idle partitions let go).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::generic::operator::source;
 
 use crate::decode::Decoder;
+use crate::deploy::{Applied, Change, ControlPlane};
 use crate::exec::{Chain, ExecError, StageSpec};
 use crate::sink::{Fanout, SharedWriter, SinkError};
 use crate::source::Row;
@@ -70,6 +70,11 @@ pub struct Pipeline {
     pub keep_input: bool,
     /// Write every stage's outputs, not only the last stage's.
     pub report_all: bool,
+    /// Hot deploys (`None`: the DAG is fixed for the run).
+    pub control: Option<Arc<ControlPlane>>,
+    /// How far ahead of the newest event time the control source promises
+    /// no change (ms): rows beyond it wait for the promise to move on.
+    pub deploy_lead_ms: i64,
 }
 
 /// Makes worker `index`'s writers on every sink.
@@ -124,9 +129,32 @@ struct Shared {
     interrupted: Arc<AtomicBool>,
     /// Per worker, the watermark it has reached.
     watermarks: Mutex<Vec<i64>>,
+    /// The newest event time any source has sent.
+    max_event: AtomicI64,
+    /// Sources still holding their capability: the control source ends
+    /// with the last of them.
+    live_sources: AtomicUsize,
 }
 
 impl Shared {
+    fn new(counters: Arc<RunCounters>, interrupted: Arc<AtomicBool>, workers: usize) -> Self {
+        Shared {
+            counters,
+            failure: Mutex::new(None),
+            interrupted,
+            watermarks: Mutex::new(vec![i64::MIN; workers]),
+            max_event: AtomicI64::new(i64::MIN),
+            live_sources: AtomicUsize::new(workers),
+        }
+    }
+
+    /// A source let go of its capability (once per source).
+    fn source_done(&self, done: &mut bool) {
+        if !std::mem::replace(done, true) {
+            self.live_sources.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn fail(&self, e: impl Into<DataflowError>) {
         self.failure.lock().expect("failure lock").get_or_insert(e.into());
         // One failure stops every worker's source.
@@ -179,6 +207,8 @@ pub fn replay(
         input_fields: fields,
         keep_input: false,
         report_all: options.report_all,
+        control: None,
+        deploy_lead_ms: 0,
     };
     let sinks: SinkFactory = Arc::new(move |_| {
         let mut fanout = Fanout::default();
@@ -201,12 +231,7 @@ pub fn replay_into(
 ) -> Result<ReplayStats, DataflowError> {
     let pipeline = pipeline.clone();
     counters.watermark.store(i64::MIN, Ordering::Relaxed);
-    let shared = Arc::new(Shared {
-        counters,
-        failure: Mutex::new(None),
-        interrupted,
-        watermarks: Mutex::new(vec![i64::MIN; options.workers.max(1)]),
-    });
+    let shared = Arc::new(Shared::new(counters, interrupted, options.workers.max(1)));
     let input: PathBuf = input.to_path_buf();
     let (lag, batch_rows) = (options.watermark_lag_ms, options.batch_rows);
     let workers = options.workers.max(1);
@@ -235,13 +260,16 @@ pub fn replay_into(
                 let mut max_ts = i64::MIN;
                 let mut row_number = 0i64;
                 let shared = src_shared;
+                let mut done = false;
                 move |output| {
                     let (Some(cap), Some(file)) = (capability.as_mut(), reader.as_mut()) else {
                         capability = None;
+                        shared.source_done(&mut done);
                         return;
                     };
                     if shared.interrupted.load(Ordering::Relaxed) {
                         capability = None;
+                        shared.source_done(&mut done);
                         return;
                     }
                     if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
@@ -276,6 +304,7 @@ pub fn replay_into(
                                 });
                             }
                             drop(session);
+                            shared.max_event.fetch_max(max_ts, Ordering::Relaxed);
                             counters.records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             counters.late.fetch_add(late, Ordering::Relaxed);
                             counters.trades.fetch_add(sent, Ordering::Relaxed);
@@ -286,15 +315,20 @@ pub fn replay_into(
                             }
                             activator.activate();
                         }
-                        Ok(None) => capability = None,
+                        Ok(None) => {
+                            capability = None;
+                            shared.source_done(&mut done);
+                        }
                         Err(e) => {
                             shared.fail(e);
                             capability = None;
+                            shared.source_done(&mut done);
                         }
                     }
                 }
             });
-            process(rows, index, &pipeline, fanout, shared.clone());
+            let control = control_source(scope, index, &pipeline, shared.clone());
+            process(rows, control, index, &pipeline, fanout, shared.clone());
         });
     })
     .map_err(|reason| DataflowError::Workers { workers, reason })?;
@@ -367,12 +401,7 @@ pub fn run(
         "reading {partitions} partitions on {workers} workers"
     );
     counters.watermark.store(i64::MIN, Ordering::Relaxed);
-    let shared = Arc::new(Shared {
-        counters: counters.clone(),
-        failure: Mutex::new(None),
-        interrupted,
-        watermarks: Mutex::new(vec![i64::MIN; workers]),
-    });
+    let shared = Arc::new(Shared::new(counters.clone(), interrupted, workers));
     // Every partition's watermark (`None` while idle), for workers whose
     // own partitions have all gone idle.
     let partition_watermarks: Arc<Mutex<BTreeMap<i32, Option<i64>>>> = Arc::default();
@@ -422,14 +451,17 @@ pub fn run(
                 let mut capability = reader.is_some().then_some(capability);
                 let mut batch: Vec<Row> = Vec::new();
                 let (stop_when_idle, stop_after) = (options.stop_when_idle, options.stop_after_records);
+                let mut done = false;
                 move |output| {
                     let (Some(cap), Some(reader)) = (capability.as_mut(), reader.as_mut()) else {
                         capability = None;
+                        shared.source_done(&mut done);
                         return;
                     };
                     if shared.interrupted.load(Ordering::Relaxed) {
                         record_positions(&positions, reader);
                         capability = None;
+                        shared.source_done(&mut done);
                         return;
                     }
                     if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
@@ -444,6 +476,8 @@ pub fn run(
                     let times = &shared.counters.times;
                     times.source_ns.fetch_add(polling.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if !batch.is_empty() {
+                        let newest = batch.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
+                        shared.max_event.fetch_max(newest, Ordering::Relaxed);
                         shared.counters.in_flight.fetch_add(batch.len() as i64, Ordering::Relaxed);
                         output.session(&cap).give_iterator(batch.drain(..));
                     }
@@ -469,6 +503,7 @@ pub fn run(
                     if read_enough || stop_when_idle.is_some_and(|quiet| reader.drained(now, quiet)) {
                         record_positions(&positions, reader);
                         capability = None;
+                        shared.source_done(&mut done);
                         return;
                     }
                     if read > 0 {
@@ -480,7 +515,8 @@ pub fn run(
                     }
                 }
             });
-            process(rows, index, &p, fanout, shared.clone());
+            let control = control_source(scope, index, &p, shared.clone());
+            process(rows, control, index, &p, fanout, shared.clone());
         });
     })
     .map_err(|reason| DataflowError::Workers { workers, reason })?;
@@ -516,15 +552,134 @@ fn record_positions(positions: &Mutex<BTreeMap<i32, i64>>, reader: &PartitionRea
     positions.lock().expect("positions lock").extend(reader.positions());
 }
 
+/// How often the control source moves its promise on (and looks for
+/// queued changes when nothing wakes it).
+const CONTROL_TICK: Duration = Duration::from_millis(10);
+
+/// Worker 0's source of plugin changes, broadcast to every worker.
+///
+/// Its capability is a promise: no change will take effect before that
+/// event time. It runs ahead of the newest event time the sources have
+/// sent (by `deploy_lead_ms`, or by twice what event time moved in the last
+/// tick when it moves faster, as in a replay), so rows are not held back.
+/// A queued change is sent at the capability's time `T`: no worker can
+/// have processed a row at or after `T` yet (the process operator holds
+/// those back until the promise passes them), so every worker applies the
+/// change between the same rows.
+fn control_source<'scope>(
+    scope: timely::dataflow::Scope<'scope, i64>,
+    index: usize,
+    pipeline: &Pipeline,
+    shared: Arc<Shared>,
+) -> Stream<'scope, i64, Vec<u64>> {
+    use timely::dataflow::operators::vec::Broadcast;
+    let control = pipeline.control.clone().filter(|_| index == 0);
+    let base_lead = pipeline.deploy_lead_ms.max(0);
+    let changes = source(scope, "Deploys", move |capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        if let Some(control) = &control {
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            control.set_wake(Box::new(move || {
+                let _ = wake.activate();
+            }));
+        }
+        let mut capability = control.is_some().then_some(capability);
+        let mut last_max = i64::MIN;
+        move |output| {
+            let (Some(cap), Some(control)) = (capability.as_mut(), control.as_ref()) else {
+                capability = None;
+                return;
+            };
+            if shared.interrupted.load(Ordering::Relaxed) || shared.live_sources.load(Ordering::Relaxed) == 0 {
+                // The sources are done: so are changes.
+                capability = None;
+                return;
+            }
+            let max = shared.max_event.load(Ordering::Relaxed);
+            if max != i64::MIN {
+                let moved = if last_max == i64::MIN { 0 } else { max.saturating_sub(last_max) };
+                last_max = max;
+                let promise = max.saturating_add(base_lead.max(moved.saturating_mul(2)));
+                if promise > *cap.time() {
+                    cap.downgrade(&promise);
+                }
+            }
+            let queued = control.take_queued();
+            if !queued.is_empty() {
+                let at = *cap.time();
+                let mut session = output.session(&cap);
+                for id in queued {
+                    control.sent(id, at);
+                    session.give(id);
+                }
+            }
+            activator.activate_after(CONTROL_TICK);
+        }
+    });
+    changes.broadcast()
+}
+
+/// Rows held back from the chain: those at or after the earliest change
+/// not yet applied (they belong to the DAG after it) or after the control
+/// source's promise (a change may still come before them), and those of a
+/// key that already has rows held back (a key's rows keep their order).
+#[derive(Default)]
+struct Held {
+    rows: VecDeque<Row>,
+    keys: rustc_hash::FxHashMap<String, usize>,
+}
+
+impl Held {
+    fn push(&mut self, row: Row) {
+        *self.keys.entry(row.key.clone()).or_default() += 1;
+        self.rows.push_back(row);
+    }
+
+    fn holds_key(&self, key: &str) -> bool {
+        !self.keys.is_empty() && self.keys.contains_key(key)
+    }
+
+    fn earliest(&self) -> i64 {
+        self.rows.iter().map(|r| r.ts).min().unwrap_or(i64::MAX)
+    }
+
+    /// Takes, in order, the rows before `gate` whose key has no earlier
+    /// row still held; with `force`, every row before `gate`.
+    fn release(&mut self, gate: i64, force: bool) -> Vec<Row> {
+        if self.rows.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.rows.len());
+        let mut still: rustc_hash::FxHashMap<String, usize> = Default::default();
+        for row in self.rows.drain(..) {
+            if row.ts < gate && (force || !still.contains_key(&row.key)) {
+                out.push(row);
+            } else {
+                *still.entry(row.key.clone()).or_default() += 1;
+                kept.push_back(row);
+            }
+        }
+        self.rows = kept;
+        self.keys = still;
+        out
+    }
+}
+
 /// Exchanges rows by key and runs worker `index`'s plugin chain over them
-/// as the frontier lets them through, writing to its sinks.
+/// as the frontier lets them through, writing to its sinks; applies the
+/// plugin changes that `control` carries at their event times.
 fn process<'scope>(
     rows: Stream<'scope, i64, Vec<Row>>,
+    control: Stream<'scope, i64, Vec<u64>>,
     index: usize,
     pipeline: &Pipeline,
     fanout: Result<Fanout, SinkError>,
     shared: Arc<Shared>,
 ) {
+    use timely::dataflow::channels::pact::Pipeline as Local;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
     let chain = Chain::open_dag(&pipeline.stages, &pipeline.input_name, &pipeline.input_fields, 0, pipeline.report_all);
     let mut state = match (chain, fanout) {
         (Ok(chain), Ok(mut fanout)) => {
@@ -542,84 +697,176 @@ fn process<'scope>(
     };
     let (input_name, input_fields, keep_input) =
         (pipeline.input_name.clone(), pipeline.input_fields.clone(), pipeline.keep_input);
+    let plane = pipeline.control.clone();
     let by_key = Exchange::new(|row: &Row| key_hash(&row.key));
+    let mut builder = OperatorBuilder::new("PluginChain".to_string(), rows.scope());
+    let mut rows_in = builder.new_input(rows.container::<Vec<Row>>(), by_key);
+    let mut changes_in = builder.new_input(control.container::<Vec<u64>>(), Local);
     let mut watermark = i64::MIN;
     let mut finished = false;
-    rows.container::<Vec<Row>>().sink(by_key, "PluginChain", move |(input, frontier)| {
-        let started = Instant::now();
-        let Some((chain, fanout)) = state.as_mut().filter(|_| !finished) else {
-            // The chain failed to open (the run reports it), or the stream
-            // ended: drain the input rather than hold it for nothing.
-            input.for_each(|_, rows| {
-                shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
+    let mut held = Held::default();
+    // Changes received, not yet applied: (event time, id), in order.
+    let mut pending: Vec<(i64, u64)> = Vec::new();
+    builder.build(move |_capabilities| {
+        move |frontiers| {
+            let started = Instant::now();
+            let Some((chain, fanout)) = state.as_mut().filter(|_| !finished) else {
+                // The chain failed to open (the run reports it), or the
+                // stream ended: drain the inputs rather than hold them.
+                rows_in.for_each(|_, rows| {
+                    shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
+                });
+                changes_in.for_each(|_, _| {});
+                return;
+            };
+            changes_in.for_each(|time, ids| {
+                let at = time.least().copied().unwrap_or(i64::MIN);
+                pending.extend(ids.drain(..).map(|id| (at, id)));
             });
-            return;
-        };
-        let step = (|| -> Result<(), DataflowError> {
-            let before = fanout.written;
-            // Rows are fed as they arrive, not when the frontier passes
-            // their time: a row sent at time t has an event time of at
-            // least t, and the chain's watermark is a frontier that has not
-            // passed t yet, so no row is below it; and a key's rows come
-            // from one source over one FIFO channel, in partition order.
-            // Per-trade outputs (VWAP) thus leave at once.
-            let mut result = Ok(());
-            input.for_each(|_, rows| {
-                if result.is_err() {
-                    return;
-                }
-                result = (|| -> Result<(), DataflowError> {
-                    if keep_input {
-                        for row in rows.iter() {
-                            fanout.write_input(&input_name, &input_fields, row)?;
+            pending.sort_unstable();
+            let first = |f: &timely::progress::frontier::MutableAntichain<i64>| {
+                f.frontier().iter().next().copied().unwrap_or(i64::MAX)
+            };
+            // Every row before `rows_done` has arrived (the sources'
+            // watermark); no change can come before `changes_done`.
+            let (rows_done, changes_done) = (first(&frontiers[0]), first(&frontiers[1]));
+            let stopping = shared.interrupted.load(Ordering::Relaxed);
+            let gate = |pending: &[(i64, u64)]| pending.first().map_or(changes_done, |p| p.0.min(changes_done));
+            let step = (|| -> Result<(), DataflowError> {
+                let before = fanout.written;
+                // Rows before the gate are fed as they arrive, not when the
+                // frontier passes their time: a row sent at time t has an
+                // event time of at least t, and the chain's watermark is a
+                // frontier that has not passed t yet, so no row is below
+                // it; and a key's rows come from one source over one FIFO
+                // channel, in partition order. Per-trade outputs (VWAP)
+                // thus leave at once.
+                let mut result = Ok(());
+                let open = gate(&pending);
+                rows_in.for_each(|_, rows| {
+                    if result.is_err() {
+                        return;
+                    }
+                    result = (|| -> Result<(), DataflowError> {
+                        shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
+                        if keep_input {
+                            for row in rows.iter() {
+                                fanout.write_input(&input_name, &input_fields, row)?;
+                            }
+                        }
+                        if held.rows.is_empty() && rows.iter().all(|r| r.ts < open) {
+                            chain
+                                .feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
+                            return Ok(());
+                        }
+                        let mut now = Vec::with_capacity(rows.len());
+                        for row in rows.drain(..) {
+                            if row.ts < open && !held.holds_key(&row.key) {
+                                now.push(row);
+                            } else {
+                                held.push(row);
+                            }
+                        }
+                        feed(chain, fanout, &now)?;
+                        Ok(())
+                    })();
+                });
+                result?;
+
+                if stopping && rows_done == i64::MAX {
+                    // Stopping, not at the end of the input: rows before a
+                    // pending change may still be unread, so it is not
+                    // applied (the state directory has it for the next
+                    // run), and what is held goes through the DAG as it is.
+                    let rest = held.release(i64::MAX, true);
+                    feed(chain, fanout, &rest)?;
+                } else {
+                    // Changes whose time every row before has reached.
+                    while let Some(&(at, id)) = pending.first()
+                        && at <= rows_done.min(changes_done)
+                    {
+                        let before_change = held.release(at, true);
+                        feed(chain, fanout, &before_change)?;
+                        if at > watermark {
+                            chain.advance(at, fanout)?;
+                            fanout.advance(at)?;
+                            watermark = at;
+                        }
+                        pending.remove(0);
+                        if let Some(plane) = &plane {
+                            apply(plane, chain, id, index, at);
                         }
                     }
-                    chain.feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
-                    shared.counters.in_flight.fetch_sub(rows.len() as i64, Ordering::Relaxed);
-                    Ok(())
-                })();
-            });
-            result?;
-
-            // The frontier is the sources' watermark: every row below it
-            // has arrived.
-            let complete = frontier.frontier().iter().next().copied().unwrap_or(i64::MAX);
-            if complete > watermark {
-                watermark = complete;
-                if complete == i64::MAX && shared.interrupted.load(Ordering::Relaxed) {
-                    // Stopping, not at the end of the input: open windows
-                    // are not final, so they are not closed and written.
-                } else {
-                    chain.advance(watermark, fanout)?;
-                    fanout.advance(watermark)?;
+                    let released = held.release(gate(&pending), false);
+                    feed(chain, fanout, &released)?;
                 }
-                let mut all = shared.watermarks.lock().expect("watermarks lock");
-                all[index] = watermark;
-                let lowest = all.iter().copied().min().unwrap_or(i64::MIN);
-                shared.counters.watermark.store(lowest, Ordering::Relaxed);
-            }
-            if fanout.written > before {
-                shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
-                fanout.batch_done()?;
-            }
-            if complete == i64::MAX {
-                fanout.finish_sinks()?;
+
+                // The frontier is the sources' watermark (held back by
+                // rows still held): every row below it has gone through.
+                let complete = rows_done.min(changes_done).min(held.earliest());
+                if complete > watermark {
+                    watermark = complete;
+                    if complete == i64::MAX && stopping {
+                        // Stopping, not at the end of the input: open windows
+                        // are not final, so they are not closed and written.
+                    } else {
+                        chain.advance(watermark, fanout)?;
+                        fanout.advance(watermark)?;
+                    }
+                    let mut all = shared.watermarks.lock().expect("watermarks lock");
+                    all[index] = watermark;
+                    let lowest = all.iter().copied().min().unwrap_or(i64::MIN);
+                    shared.counters.watermark.store(lowest, Ordering::Relaxed);
+                }
+                if fanout.written > before {
+                    shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
+                    fanout.batch_done()?;
+                }
+                if complete == i64::MAX {
+                    fanout.finish_sinks()?;
+                    finished = true;
+                }
+                Ok(())
+            })();
+            if let Err(e) = step {
+                shared.fail(e);
                 finished = true;
+                // Write what the sinks hold, as far as they still can.
+                if let Err(e) = fanout.finish_sinks() {
+                    tracing::error!(worker = index, "after a failure, the sinks could not write what they held: {e}");
+                }
             }
-            Ok(())
-        })();
-        if let Err(e) = step {
-            shared.fail(e);
-            finished = true;
-            // Write what the sinks hold, as far as they still can.
-            if let Err(e) = fanout.finish_sinks() {
-                tracing::error!(worker = index, "after a failure, the sinks could not write what they held: {e}");
-            }
+            let times = &shared.counters.times;
+            times.process_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            times.sinks_ns.fetch_add(std::mem::take(&mut fanout.busy_ns), Ordering::Relaxed);
         }
-        let times = &shared.counters.times;
-        times.process_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        times.sinks_ns.fetch_add(std::mem::take(&mut fanout.busy_ns), Ordering::Relaxed);
     });
+}
+
+fn feed(chain: &mut Chain, fanout: &mut Fanout, rows: &[Row]) -> Result<(), DataflowError> {
+    if !rows.is_empty() {
+        chain.feed(rows.iter().map(|r| (r.key.as_str(), r.ts, r.values.iter().copied())), fanout)?;
+    }
+    Ok(())
+}
+
+/// Applies change `id` to worker `worker`'s chain at event time `at`, and
+/// reports how it went. A change that fails here (it was checked when it
+/// was accepted, so this is rare: a plugin out of memory, say) leaves the
+/// chain as it was and is reported, not fatal.
+fn apply(plane: &ControlPlane, chain: &mut Chain, id: u64, worker: usize, at: i64) {
+    let Some(change) = plane.change(id) else { return };
+    let outcome = match &change {
+        Change::Add(spec) => chain.add_stage(spec).map(|()| Applied::Done),
+        Change::Upgrade(spec) => chain.replace_stage(spec).map(Applied::from),
+        Change::Remove(name) => chain.remove_stage(name).map(|()| Applied::Done),
+    };
+    let outcome = outcome.unwrap_or_else(|e| {
+        tracing::error!(worker, change = id, "a plugin change could not be applied on this worker: {e}");
+        Applied::Failed(e.to_string())
+    });
+    tracing::info!(worker, change = id, at = %crate::host::format_ms(at), "plugin change applied: {outcome:?}");
+    plane.applied(id, worker, outcome);
 }
 
 /// The worker a key goes to is a pure function of the key.

@@ -54,8 +54,11 @@ struct Series {
     /// Name in the output (`series` column).
     name: String,
     fields: Vec<String>,
-    /// The stage that writes it, `None` for the input.
-    stage: Option<usize>,
+    /// Its samples go to the output.
+    report: bool,
+    /// Its stage was removed or replaced by one that no longer writes it:
+    /// nothing writes it now, and its name is free again.
+    retired: bool,
 }
 
 /// How one declared input of a stage is fed: from series `source`, picking
@@ -68,11 +71,21 @@ struct Wire {
 }
 
 struct Stage {
+    name: String,
     instance: PluginInstance,
     stats: std::sync::Arc<StageStats>,
     wires: Vec<Wire>,
     /// Series ids of the stage's outputs, by output index.
     outputs: Vec<usize>,
+}
+
+/// How an upgraded stage started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// From the old version's snapshot.
+    State,
+    /// From empty state, and why.
+    Fresh(String),
 }
 
 /// Counts from a run.
@@ -129,6 +142,9 @@ pub fn assign_params(plugins: &[LoadedPlugin], given: &[(String, String)]) -> Re
 /// each of its inputs reads and new names for its outputs.
 #[derive(Clone)]
 pub struct StageSpec {
+    /// The stage's name, unique in the DAG (`tickfold plugins`, metrics,
+    /// deploys and removals refer to it).
+    pub name: String,
     pub plugin: LoadedPlugin,
     pub params: Vec<Param>,
     /// Series names, one per declared input; `None` wires by fields.
@@ -141,9 +157,17 @@ pub struct StageSpec {
 }
 
 impl StageSpec {
-    /// A stage that wires by fields and renames nothing.
+    /// A stage named after its plugin that wires by fields and renames
+    /// nothing.
     pub fn new(plugin: LoadedPlugin, params: Vec<Param>) -> Self {
-        StageSpec { plugin, params, input: None, rename: Default::default(), stats: Default::default() }
+        StageSpec {
+            name: plugin.descriptor().name.clone(),
+            plugin,
+            params,
+            input: None,
+            rename: Default::default(),
+            stats: Default::default(),
+        }
     }
 }
 
@@ -180,14 +204,18 @@ impl StageStats {
 }
 
 /// A chain of plugin instances wired to an input's fields.
+///
+/// Stages can be added, removed and replaced while it runs (hot deploys):
+/// the dataflow does that at one event time on every worker, between the
+/// samples before it and those after.
 pub struct Chain {
     stages: Vec<Stage>,
     series: Vec<Series>,
     keys: KeyTable,
     lag_ms: i64,
     max_ts: i64,
-    /// Which stages' outputs are reported.
-    report: Vec<bool>,
+    /// Report the outputs of stages added later.
+    report_all: bool,
     stats: ExecStats,
 }
 
@@ -209,7 +237,8 @@ impl Chain {
 
     /// Opens a DAG of stages over an input series called `input_name`.
     /// A stage reads the series its spec names, or else the newest series
-    /// with the fields it declares; its outputs may be renamed.
+    /// with the fields it declares; its outputs may be renamed. An output
+    /// whose name is taken is called `STAGE.NAME` (stage number).
     pub fn open_dag(
         specs: &[StageSpec],
         input_name: &str,
@@ -217,74 +246,210 @@ impl Chain {
         lag_ms: i64,
         report_all: bool,
     ) -> Result<Self, ExecError> {
-        let mut series = vec![Series { name: input_name.into(), fields: input_fields.to_vec(), stage: None }];
-        let mut stages = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            let plugin = &spec.plugin;
-            let instance = plugin.open(&spec.params)?;
-            let declared = instance.inputs();
-            if let Some(named) = &spec.input
-                && named.len() != declared.len()
-            {
-                return Err(ExecError::BadInput(format!(
-                    "stage {i} (`{}`) has {} input(s) ({}), but the config names {} series ({})",
-                    plugin.label(),
-                    declared.len(),
-                    declared.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "),
-                    named.len(),
-                    named.join(", ")
-                )));
-            }
-            let wires = declared
-                .iter()
-                .enumerate()
-                .map(|(input, decl)| {
-                    let named = spec.input.as_ref().map(|n| n[input].as_str());
-                    wire(i, plugin, input as u32, decl, named, &series)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for from in spec.rename.keys() {
-                if !instance.outputs().iter().any(|o| &o.name == from) {
-                    return Err(ExecError::BadInput(format!(
-                        "stage {i} (`{}`) renames `{from}`, but writes no such series (it writes: {})",
-                        plugin.label(),
-                        instance.outputs().iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            }
-            let mut outputs = Vec::new();
-            for out in instance.outputs() {
-                let name = spec.rename.get(&out.name).cloned().unwrap_or_else(|| out.name.clone());
-                let taken = series.iter().any(|s| s.name == name);
-                if taken && spec.rename.contains_key(&out.name) {
-                    return Err(ExecError::BadInput(format!(
-                        "stage {i} (`{}`) renames `{}` to `{name}`, which an earlier series is already called",
-                        plugin.label(),
-                        out.name
-                    )));
-                }
-                let name = if taken { format!("{i}.{name}") } else { name };
-                outputs.push(series.len());
-                series.push(Series { name, fields: out.fields.clone(), stage: Some(i) });
-            }
-            stages.push(Stage { instance, wires, outputs, stats: spec.stats.clone() });
-        }
-        let last = specs.len().saturating_sub(1);
-        let report = series.iter().map(|s| s.stage.is_some_and(|st| report_all || st == last)).collect();
-        Ok(Chain {
-            stages,
-            series,
+        let mut chain = Chain {
+            stages: Vec::with_capacity(specs.len()),
+            series: vec![Series {
+                name: input_name.into(),
+                fields: input_fields.to_vec(),
+                report: false,
+                retired: false,
+            }],
             keys: KeyTable::default(),
             lag_ms,
             max_ts: i64::MIN,
-            report,
+            report_all,
             stats: ExecStats::default(),
-        })
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let instance = spec.plugin.open(&spec.params)?;
+            let report = report_all || i + 1 == specs.len();
+            let stage = chain.attach(i, spec, instance, &[], report, false)?;
+            chain.stages.push(stage);
+        }
+        Ok(chain)
+    }
+
+    /// Wires `instance` of `spec` (stage number `stage_no`, for messages)
+    /// to the live series and names its outputs. `replacing` are the
+    /// outputs of the stage it replaces: not readable by it, and taken
+    /// over where name and fields match. With `strict`, an output name that
+    /// is taken is an error instead of being prefixed.
+    fn attach(
+        &mut self,
+        stage_no: usize,
+        spec: &StageSpec,
+        instance: PluginInstance,
+        replacing: &[usize],
+        report: bool,
+        strict: bool,
+    ) -> Result<Stage, ExecError> {
+        let plugin = &spec.plugin;
+        let declared = instance.inputs();
+        if let Some(named) = &spec.input
+            && named.len() != declared.len()
+        {
+            return Err(ExecError::BadInput(format!(
+                "stage {stage_no} (`{}`) has {} input(s) ({}), but {} series are named ({})",
+                plugin.label(),
+                declared.len(),
+                declared.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "),
+                named.len(),
+                named.join(", ")
+            )));
+        }
+        let readable: Vec<(usize, &Series)> =
+            self.series.iter().enumerate().filter(|(id, s)| !s.retired && !replacing.contains(id)).collect();
+        let wires = declared
+            .iter()
+            .enumerate()
+            .map(|(input, decl)| {
+                let named = spec.input.as_ref().map(|n| n[input].as_str());
+                wire(stage_no, plugin, input as u32, decl, named, &readable)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for from in spec.rename.keys() {
+            if !instance.outputs().iter().any(|o| &o.name == from) {
+                return Err(ExecError::BadInput(format!(
+                    "stage {stage_no} (`{}`) renames `{from}`, but writes no such series (it writes: {})",
+                    plugin.label(),
+                    instance.outputs().iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let mut outputs = Vec::new();
+        for out in instance.outputs() {
+            let name = spec.rename.get(&out.name).cloned().unwrap_or_else(|| out.name.clone());
+            if let Some(&id) =
+                replacing.iter().find(|&&id| self.series[id].name == name && self.series[id].fields == out.fields)
+            {
+                outputs.push(id);
+                continue;
+            }
+            let taken =
+                self.series.iter().enumerate().any(|(id, s)| !s.retired && s.name == name && !replacing.contains(&id));
+            if taken && (strict || spec.rename.contains_key(&out.name)) {
+                return Err(ExecError::BadInput(format!(
+                    "stage {stage_no} (`{}`) writes series `{name}`, which another series is already called; {}",
+                    plugin.label(),
+                    if strict { "deploy it under another name, or rename its output" } else { "rename it" }
+                )));
+            }
+            let name = if taken { format!("{stage_no}.{name}") } else { name };
+            outputs.push(self.series.len());
+            self.series.push(Series { name, fields: out.fields.clone(), report, retired: false });
+        }
+        Ok(Stage { name: spec.name.clone(), instance, wires, outputs, stats: spec.stats.clone() })
     }
 
     /// The reported series' names and fields, in order.
     pub fn reported_series(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.series.iter().zip(&self.report).filter(|(_, r)| **r).map(|(s, _)| (s.name.as_str(), s.fields.as_slice()))
+        self.series.iter().filter(|s| s.report && !s.retired).map(|s| (s.name.as_str(), s.fields.as_slice()))
+    }
+
+    /// The stages' names, in order.
+    pub fn stage_names(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|s| s.name.as_str())
+    }
+
+    /// The names and fields of the series stage `name` writes.
+    pub fn stage_outputs(&self, name: &str) -> Vec<(String, Vec<String>)> {
+        let Some(stage) = self.stages.iter().find(|s| s.name == name) else { return Vec::new() };
+        stage.outputs.iter().map(|&id| (self.series[id].name.clone(), self.series[id].fields.clone())).collect()
+    }
+
+    /// The names of the series stage `name` reads.
+    pub fn stage_inputs(&self, name: &str) -> Vec<String> {
+        let Some(stage) = self.stages.iter().find(|s| s.name == name) else { return Vec::new() };
+        stage.wires.iter().map(|w| self.series[w.source].name.clone()).collect()
+    }
+
+    /// Adds a stage at the end, reading the live series. Its output names
+    /// must be free.
+    pub fn add_stage(&mut self, spec: &StageSpec) -> Result<(), ExecError> {
+        if self.stages.iter().any(|s| s.name == spec.name) {
+            return Err(ExecError::BadInput(format!("a stage called `{}` is already running", spec.name)));
+        }
+        let instance = spec.plugin.open(&spec.params)?;
+        let stage = self.attach(self.stages.len(), spec, instance, &[], true, true)?;
+        self.stages.push(stage);
+        Ok(())
+    }
+
+    /// Removes stage `name`; its open state is dropped and its series are
+    /// written no more. Refused while another stage reads them.
+    pub fn remove_stage(&mut self, name: &str) -> Result<(), ExecError> {
+        let i = self.stage_index(name)?;
+        let outputs = self.stages[i].outputs.clone();
+        self.check_unread(i, &outputs)?;
+        self.stages.remove(i);
+        for id in outputs {
+            self.series[id].retired = true;
+        }
+        Ok(())
+    }
+
+    /// Replaces stage `spec.name` by `spec`, in place: the new instance
+    /// starts from the old one's snapshot when it restores it, and from
+    /// empty state otherwise. Outputs with the same name and fields stay
+    /// the same series (their readers keep reading them).
+    pub fn replace_stage(&mut self, spec: &StageSpec) -> Result<Carried, ExecError> {
+        let i = self.stage_index(&spec.name)?;
+        let old_outputs = self.stages[i].outputs.clone();
+        let (instance, carried) = match self.stages[i].instance.snapshot() {
+            Ok(snapshot) => match spec.plugin.restore(&spec.params, &snapshot, &mut self.keys) {
+                Ok(instance) => (instance, Carried::State),
+                Err(e) => (
+                    spec.plugin.open(&spec.params)?,
+                    Carried::Fresh(format!("the new version refused the old state: {e}")),
+                ),
+            },
+            Err(e) => {
+                (spec.plugin.open(&spec.params)?, Carried::Fresh(format!("the old version gave no snapshot: {e}")))
+            }
+        };
+        let report = old_outputs.iter().any(|&id| self.series[id].report) || self.report_all;
+        let series_before = self.series.len();
+        let stage = match self.attach(i, spec, instance, &old_outputs, report, true) {
+            Ok(stage) => stage,
+            Err(e) => {
+                self.series.truncate(series_before);
+                return Err(e);
+            }
+        };
+        let dropped: Vec<usize> = old_outputs.iter().copied().filter(|id| !stage.outputs.contains(id)).collect();
+        if let Err(e) = self.check_unread(i, &dropped) {
+            self.series.truncate(series_before);
+            return Err(e);
+        }
+        for id in dropped {
+            self.series[id].retired = true;
+        }
+        self.stages[i] = stage;
+        Ok(carried)
+    }
+
+    fn stage_index(&self, name: &str) -> Result<usize, ExecError> {
+        self.stages.iter().position(|s| s.name == name).ok_or_else(|| {
+            ExecError::BadInput(format!(
+                "no stage is called `{name}` (stages: {})",
+                self.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// Fails if a stage other than `except` reads one of `series`.
+    fn check_unread(&self, except: usize, series: &[usize]) -> Result<(), ExecError> {
+        for (j, other) in self.stages.iter().enumerate() {
+            if j != except
+                && let Some(w) = other.wires.iter().find(|w| series.contains(&w.source))
+            {
+                return Err(ExecError::BadInput(format!(
+                    "`{}` reads series `{}`, which `{}` would no longer write; remove or change `{}` first",
+                    other.name, self.series[w.source].name, self.stages[except].name, other.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Counts so far.
@@ -328,6 +493,9 @@ impl Chain {
             for (col, v) in input.fields.iter_mut().zip(values) {
                 col.push(v);
             }
+        }
+        if input.is_empty() {
+            return Ok(());
         }
         self.stats.samples_in += input.len() as u64;
         self.flow(0, vec![input], out)
@@ -388,8 +556,8 @@ impl Chain {
     fn route(&mut self, stage: usize, produced: Vec<Batch>, out: &mut dyn OutputWriter) -> Result<(), ExecError> {
         for batch in produced {
             let id = self.stages[stage].outputs[batch.series as usize];
-            if self.report[id] {
-                let s = &self.series[id];
+            let s = &self.series[id];
+            if s.report {
                 // One row's values at a time, in a buffer kept across rows.
                 let mut values = Vec::with_capacity(batch.fields.len());
                 for row in 0..batch.len() {
@@ -407,43 +575,70 @@ impl Chain {
     }
 }
 
+/// Wires input `input` (declared `decl`) of a stage to one of the
+/// `readable` series: the one `named` (`SERIES`, or `SERIES.FIELD` to feed a
+/// one-field input from that field), or else the newest with every field
+/// the input declares.
 fn wire(
     stage: usize,
     plugin: &LoadedPlugin,
     input: u32,
     decl: &SeriesDecl,
     named: Option<&str>,
-    series: &[Series],
+    readable: &[(usize, &Series)],
 ) -> Result<Wire, ExecError> {
     let columns_in = |s: &Series| -> Option<Vec<usize>> {
         decl.fields.iter().map(|f| s.fields.iter().position(|have| have == f)).collect()
     };
     let listing =
-        || series.iter().map(|s| format!("{} ({})", s.name, s.fields.join(", "))).collect::<Vec<_>>().join("; ");
+        || readable.iter().map(|(_, s)| format!("{} ({})", s.name, s.fields.join(", "))).collect::<Vec<_>>().join("; ");
+    let find = |name: &str| readable.iter().rev().find(|(_, s)| s.name == name).copied();
     if let Some(name) = named {
-        let Some((id, s)) = series.iter().enumerate().rev().find(|(_, s)| s.name == name) else {
-            return Err(ExecError::BadInput(format!(
-                "stage {stage} (`{}`) reads series `{name}`, which nothing before it writes (available: {})",
-                plugin.label(),
-                listing()
-            )));
-        };
-        return match columns_in(s) {
-            Some(columns) => Ok(Wire { source: id, input, columns }),
-            None => Err(ExecError::Unwired {
-                stage,
-                plugin: plugin.label(),
-                input: decl.name.clone(),
-                needed: decl.fields.clone(),
-                available: format!("{} ({})", s.name, s.fields.join(", ")),
-            }),
-        };
+        if let Some((id, s)) = find(name) {
+            return match columns_in(s) {
+                Some(columns) => Ok(Wire { source: id, input, columns }),
+                None => Err(ExecError::Unwired {
+                    stage,
+                    plugin: plugin.label(),
+                    input: decl.name.clone(),
+                    needed: decl.fields.clone(),
+                    available: format!("{} ({})", s.name, s.fields.join(", ")),
+                }),
+            };
+        }
+        // `SERIES.FIELD`: a one-field input fed from a chosen field.
+        if let Some((series, field)) = name.rsplit_once('.')
+            && let Some((id, s)) = find(series)
+        {
+            let Some(column) = s.fields.iter().position(|f| f == field) else {
+                return Err(ExecError::BadInput(format!(
+                    "stage {stage} (`{}`) reads `{name}`, but series `{series}` has no field `{field}` (its fields: {})",
+                    plugin.label(),
+                    s.fields.join(", ")
+                )));
+            };
+            if decl.fields.len() != 1 {
+                return Err(ExecError::BadInput(format!(
+                    "stage {stage} (`{}`) reads `{name}`, one field, but its input `{}` takes {} fields ({}); name the series alone",
+                    plugin.label(),
+                    decl.name,
+                    decl.fields.len(),
+                    decl.fields.join(", ")
+                )));
+            }
+            return Ok(Wire { source: id, input, columns: vec![column] });
+        }
+        return Err(ExecError::BadInput(format!(
+            "stage {stage} (`{}`) reads series `{name}`, which nothing before it writes (available: {})",
+            plugin.label(),
+            listing()
+        )));
     }
     // Newest series first: the previous stage's outputs, then earlier ones,
     // then the input file.
-    for (id, s) in series.iter().enumerate().rev() {
+    for (id, s) in readable.iter().rev() {
         if let Some(columns) = columns_in(s) {
-            return Ok(Wire { source: id, input, columns });
+            return Ok(Wire { source: *id, input, columns });
         }
     }
     Err(ExecError::Unwired {

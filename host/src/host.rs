@@ -55,21 +55,42 @@ pub fn wire(stages: &[StageSpec]) -> Result<crate::exec::Chain> {
         .context("wiring the plugin DAG")
 }
 
-/// Loads the config's plugins, without running them.
+/// Loads the config's plugins, without running them. Each stage is named
+/// by the config or after its plugin (`-2`, `-3`… when several share it).
 pub fn stages(config: &Config, runtime: &PluginRuntime) -> Result<Vec<StageSpec>> {
-    config
-        .plugins
-        .iter()
-        .map(|p| {
-            let plugin = runtime
-                .load_file(&p.wasm)
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .with_context(|| format!("loading plugin {}", p.wasm.display()))?;
-            let pairs = p.param_pairs();
-            let params = crate::plugin::params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            Ok(StageSpec { input: p.input.clone(), rename: p.rename.clone(), ..StageSpec::new(plugin, params) })
-        })
-        .collect()
+    let mut stages: Vec<StageSpec> = Vec::with_capacity(config.plugins.len());
+    for p in &config.plugins {
+        let plugin = runtime
+            .load_file(&p.wasm)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .with_context(|| format!("loading plugin {}", p.wasm.display()))?;
+        let pairs = p.param_pairs();
+        let params = crate::plugin::params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let taken = |name: &str| stages.iter().any(|s| s.name == name);
+        let name = match &p.name {
+            Some(name) if taken(name) => {
+                anyhow::bail!("two plugins of the config are called `{name}`; names must differ")
+            }
+            Some(name) => name.clone(),
+            None => {
+                let base = plugin.descriptor().name.clone();
+                let mut name = base.clone();
+                let mut n = 1;
+                while taken(&name) {
+                    n += 1;
+                    name = format!("{base}-{n}");
+                }
+                name
+            }
+        };
+        stages.push(StageSpec {
+            name,
+            input: p.input.clone(),
+            rename: p.rename.clone(),
+            ..StageSpec::new(plugin, params)
+        });
+    }
+    Ok(stages)
 }
 
 /// Runs the host as `config` says until the input ends (with
@@ -89,16 +110,44 @@ pub fn run_with(
     counters: Arc<RunCounters>,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let stages = stages(config, &runtime(config)?)?;
+    let runtime = runtime(config)?;
+    let stages = stages(config, &runtime)?;
     // Wire the DAG once here, so a mistake is reported before anything
     // connects to Kafka.
     wire(&stages)?;
+    // With the admin API, the plugins deployed to earlier runs join the
+    // config's, and the DAG can change while the host runs.
+    let control = match &config.admin {
+        Some(admin) => {
+            let deployed = crate::deploy::load_deployed(&admin.state_dir, &runtime)?;
+            if !deployed.is_empty() {
+                let names: Vec<&str> = deployed.iter().map(|(s, _)| s.name.as_str()).collect();
+                tracing::info!("running the plugins deployed earlier: {}", names.join(", "));
+            }
+            let max_bytes = admin.max_plugin_bytes.unwrap_or(runtime.limits().max_component_bytes);
+            let options = crate::deploy::PlaneOptions {
+                input_name: TRADES.into(),
+                input_fields: TRADE_FIELDS.map(String::from).to_vec(),
+                workers: config.workers,
+                state_dir: Some(admin.state_dir.clone()),
+                max_bytes,
+            };
+            let plane =
+                crate::deploy::ControlPlane::new(runtime.clone(), options, stages.clone(), deployed).map_err(|e| {
+                    anyhow::anyhow!("the deployed plugins in {} no longer fit the DAG: {e}", admin.state_dir.display())
+                })?;
+            Some((Arc::new(plane), admin, max_bytes))
+        }
+        None => None,
+    };
     let pipeline = Pipeline {
-        stages,
+        stages: control.as_ref().map_or(stages, |(c, _, _)| c.stages()),
         input_name: TRADES.into(),
         input_fields: TRADE_FIELDS.map(String::from).to_vec(),
         keep_input: config.sinks.archive.is_some() && config.sinks.archive_trades,
         report_all: true,
+        control: control.as_ref().map(|(c, _, _)| c.clone()),
+        deploy_lead_ms: config.admin.as_ref().map_or(0, |a| a.deploy_lead_ms),
     };
 
     let influx = match &config.sinks.influx {
@@ -162,13 +211,23 @@ pub fn run_with(
                 counters: counters.clone(),
                 influx: influx.clone(),
                 archive: archive.as_ref().map(|_| archive_stats.clone()),
-                plugins: pipeline
-                    .stages
-                    .iter()
-                    .map(|s| (s.plugin.descriptor().name.clone(), s.stats.clone()))
-                    .collect(),
+                plugins: match &pipeline.control {
+                    Some(plane) => {
+                        let plane = plane.clone();
+                        Arc::new(move || plane.plugin_stats())
+                    }
+                    None => crate::metrics::fixed_plugins(
+                        pipeline.stages.iter().map(|s| (s.name.clone(), s.stats.clone())).collect(),
+                    ),
+                },
             };
             Some(crate::metrics::MetricsServer::start(c, sources).context("starting the metrics endpoint")?)
+        }
+        None => None,
+    };
+    let admin = match &control {
+        Some((plane, config, max_bytes)) => {
+            Some(crate::api::AdminServer::start(config, plane.clone(), *max_bytes).context("starting the admin API")?)
         }
         None => None,
     };
@@ -195,6 +254,12 @@ pub fn run_with(
         }
     };
     reporter.stop();
+    if let Some((plane, _, _)) = &control {
+        plane.close();
+    }
+    if let Some(a) = admin {
+        a.stop();
+    }
     if let Some(m) = metrics {
         m.stop();
     }

@@ -20,11 +20,14 @@
 //!
 //! [`synthetic`] makes seeded market data for demos, tests and benchmarks.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dataflow;
 pub mod decode;
+pub mod deploy;
 pub mod exec;
 pub mod host;
 pub mod keys;

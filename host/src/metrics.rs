@@ -73,7 +73,7 @@ pub enum MetricsError {
 }
 
 /// What a scrape reads: the run's counters, and each sink that is on.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Sources {
     /// The dataflow's and the sources' counts.
     pub counters: Arc<RunCounters>,
@@ -81,8 +81,17 @@ pub struct Sources {
     pub influx: Option<Arc<InfluxSink>>,
     /// Each archive writer's counts (one per worker), when configured.
     pub archive: Option<Arc<Mutex<Vec<ArchiveStats>>>>,
-    /// Each stage of the plugin DAG: the plugin's name and its counts.
-    pub plugins: Vec<(String, Arc<StageStats>)>,
+    /// Each stage of the plugin DAG: its name and its counts, read at
+    /// scrape time (deploys change the list).
+    pub plugins: PluginList,
+}
+
+/// Reads the DAG's stages and their counts.
+pub type PluginList = Arc<dyn Fn() -> Vec<(String, Arc<StageStats>)> + Send + Sync>;
+
+/// A fixed list of stages.
+pub fn fixed_plugins(plugins: Vec<(String, Arc<StageStats>)>) -> PluginList {
+    Arc::new(move || plugins.clone())
 }
 
 /// Reads [`Sources`] at scrape time and encodes every metric.
@@ -115,6 +124,7 @@ where
 impl Collector for HostCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let Sources { counters, influx, archive, plugins } = &self.sources;
+        let plugins = plugins();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
         let mut build =
@@ -189,7 +199,7 @@ impl Collector for HostCollector {
             )?;
         }
 
-        // Per stage of the DAG (labels: the plugin's name and its stage).
+        // Per stage of the DAG (label: the stage's name, unique in the DAG).
         if !plugins.is_empty() {
             for (name, help, get) in [
                 (
@@ -205,9 +215,8 @@ impl Collector for HostCollector {
                 ),
             ] {
                 let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-                for (stage, (plugin, stats)) in plugins.iter().enumerate() {
-                    let stage = stage.to_string();
-                    let labels = [("plugin", plugin.as_str()), ("stage", stage.as_str())];
+                for (plugin, stats) in &plugins {
+                    let labels = [("plugin", plugin.as_str())];
                     ConstCounter::new(load(get(stats))).encode(family.encode_family(&labels)?)?;
                 }
             }
@@ -217,9 +226,8 @@ impl Collector for HostCollector {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for (stage, (plugin, stats)) in plugins.iter().enumerate() {
-                let stage = stage.to_string();
-                let labels = [("plugin", plugin.as_str()), ("stage", stage.as_str())];
+            for (plugin, stats) in &plugins {
+                let labels = [("plugin", plugin.as_str())];
                 // Per-bucket counts: the encoder makes them cumulative, and
                 // reads f64::MAX as +Inf.
                 let buckets: Vec<(f64, u64)> = stats
@@ -442,8 +450,12 @@ mod tests {
             ArchiveStats { rows_written: 10, files_written: 1, bytes_written: 400, buffered_rows: 3 },
             ArchiveStats { rows_written: 5, files_written: 2, bytes_written: 100, buffered_rows: 0 },
         ]));
-        let registry =
-            registry(Sources { counters: counters.clone(), influx: None, archive: Some(archive), plugins: Vec::new() });
+        let registry = registry(Sources {
+            counters: counters.clone(),
+            influx: None,
+            archive: Some(archive),
+            plugins: fixed_plugins(Vec::new()),
+        });
         let text = render(&registry);
         let expect = [
             ("tickfold_records_read_total", 1_000.0),
@@ -482,15 +494,24 @@ mod tests {
     #[test]
     fn metrics_endpoint_serves_and_a_taken_address_is_named() {
         let config = MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() };
-        let server = MetricsServer::start(&config, Sources { counters: known_counters(), ..Sources::default() })
-            .expect("starts on a free port");
+        let server = MetricsServer::start(
+            &config,
+            Sources { counters: known_counters(), influx: None, archive: None, plugins: fixed_plugins(Vec::new()) },
+        )
+        .expect("starts on a free port");
         let body = reqwest::blocking::get(format!("http://{}/metrics", server.addr())).unwrap();
         assert!(body.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
         let text = body.text().unwrap();
         assert_eq!(sample(&text, "tickfold_records_read_total"), Some(1_000.0), "{text}");
 
         let taken = MetricsConfig { listen: server.addr() };
-        let e = MetricsServer::start(&taken, Sources::default()).err().expect("the address is taken").to_string();
+        let e = MetricsServer::start(
+            &taken,
+            Sources { counters: known_counters(), influx: None, archive: None, plugins: fixed_plugins(Vec::new()) },
+        )
+        .err()
+        .expect("the address is taken")
+        .to_string();
         assert!(e.contains(&server.addr().to_string()) && e.contains("[metrics] listen"), "{e}");
         server.stop();
     }

@@ -298,6 +298,8 @@ fn trades_pipeline(stages: Vec<StageSpec>, keep_input: bool) -> Pipeline {
         input_fields: vec!["price".into(), "size".into()],
         keep_input,
         report_all: true,
+        control: None,
+        deploy_lead_ms: 0,
     }
 }
 
@@ -335,6 +337,7 @@ fn run_options(broker: &Tansu) -> RunOptions {
 pub fn stages() -> Vec<StageSpec> {
     let rt = runtime();
     let stage = |name: &str, params: &[(&str, &str)], input: Option<&str>, rename: &[(&str, &str)]| StageSpec {
+        name: name.to_string(),
         plugin: rt.load_file(&plugin_wasm(name)).unwrap(),
         params: tickfold::plugin::params(params.iter().copied()),
         input: input.map(|i| vec![i.to_string()]),
