@@ -878,3 +878,38 @@ fn key_hash(key: &str) -> u64 {
     key.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Held, Row};
+
+    fn row(key: &str, ts: i64) -> Row {
+        Row { key: key.into(), ts, values: vec![ts as f64], partition: 0, offset: ts }
+    }
+
+    fn keys_and_times(rows: &[Row]) -> Vec<(&str, i64)> {
+        rows.iter().map(|r| (r.key.as_str(), r.ts)).collect()
+    }
+
+    #[test]
+    fn held_rows_leave_in_order_and_a_key_never_overtakes_itself() {
+        let mut held = Held::default();
+        for (k, ts) in [("A", 30), ("B", 5), ("A", 10), ("C", 40), ("B", 6)] {
+            held.push(row(k, ts));
+        }
+        assert!(held.holds_key("A") && !held.holds_key("D"));
+        assert_eq!(held.earliest(), 5);
+        // Gate 20: A@30 stays, so A@10 behind it stays too (A keeps its
+        // order); B's rows and nothing of C (40) leave, in order.
+        let out = held.release(20, false);
+        assert_eq!(keys_and_times(&out), [("B", 5), ("B", 6)]);
+        assert_eq!(keys_and_times(held.rows.make_contiguous()), [("A", 30), ("A", 10), ("C", 40)]);
+        assert!(!held.holds_key("B"));
+        // A change at 20: every row before it goes first, whatever its key.
+        let out = held.release(20, true);
+        assert_eq!(keys_and_times(&out), [("A", 10)]);
+        let out = held.release(i64::MAX, false);
+        assert_eq!(keys_and_times(&out), [("A", 30), ("C", 40)]);
+        assert!(held.rows.is_empty() && held.keys.is_empty() && held.earliest() == i64::MAX);
+    }
+}

@@ -590,6 +590,7 @@ impl ControlPlane {
         Chain::open_dag(specs, &self.input_name, &self.input_fields, 0, true).map_err(|e| match e {
             crate::exec::ExecError::Plugin(p @ plugin::Error::Rejected { .. }) => DeployError::BadParams(p.to_string()),
             crate::exec::ExecError::Plugin(p) => DeployError::Plugin(p),
+            e @ crate::exec::ExecError::NameTaken { .. } => DeployError::NameClash(e.to_string()),
             other => DeployError::BadInput(other.to_string()),
         })
     }

@@ -40,6 +40,9 @@ pub enum ExecError {
     /// A stage's configured input or renames do not fit the plugin.
     #[error("{0}")]
     BadInput(String),
+    /// An output series would take a name another series has.
+    #[error("stage {stage} (`{plugin}`) writes series `{name}`, which another series is already called; {fix}")]
+    NameTaken { stage: usize, plugin: String, name: String, fix: &'static str },
     /// A plugin failed.
     #[error(transparent)]
     Plugin(#[from] plugin::Error),
@@ -328,11 +331,12 @@ impl Chain {
             let taken =
                 self.series.iter().enumerate().any(|(id, s)| !s.retired && s.name == name && !replacing.contains(&id));
             if taken && (strict || spec.rename.contains_key(&out.name)) {
-                return Err(ExecError::BadInput(format!(
-                    "stage {stage_no} (`{}`) writes series `{name}`, which another series is already called; {}",
-                    plugin.label(),
-                    if strict { "deploy it under another name, or rename its output" } else { "rename it" }
-                )));
+                return Err(ExecError::NameTaken {
+                    stage: stage_no,
+                    plugin: plugin.label(),
+                    name,
+                    fix: if strict { "deploy it under another name, or rename its output" } else { "rename it" },
+                });
             }
             let name = if taken { format!("{stage_no}.{name}") } else { name };
             outputs.push(self.series.len());
