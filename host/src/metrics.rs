@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::dataflow::RunCounters;
 use crate::exec::{CALL_BUCKETS_US, StageStats};
 use crate::sink::archive::ArchiveStats;
-use crate::sink::influx::InfluxSink;
+use crate::sink::influx::{InfluxSink, WRITE_BUCKETS_MS};
 
 /// The default address of the endpoint (Prometheus's port registry gives
 /// 9464 to OpenTelemetry-style exporters; it is free on most hosts).
@@ -296,6 +296,32 @@ impl Collector for HostCollector {
                 "Points handed to the InfluxDB sink and not yet written or rejected.",
                 None,
                 i.buffered_points,
+            )?;
+            gauge(
+                &mut e,
+                "influx_buffer_capacity_points",
+                "The most points the InfluxDB sink buffers before the workers wait (back-pressure).",
+                None,
+                i.buffer_capacity,
+            )?;
+            let buckets: Vec<(f64, u64)> = i
+                .write_buckets
+                .iter()
+                .enumerate()
+                .map(|(b, &n)| (WRITE_BUCKETS_MS.get(b).map_or(f64::MAX, |&ms| ms as f64 / 1e3), n))
+                .collect();
+            let count = buckets.iter().map(|b| b.1).sum();
+            let mut family = e.encode_descriptor(
+                "influx_write_duration",
+                "Time per answered InfluxDB write request (retried attempts each count).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            family.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                i.write_ns as f64 / 1e9,
+                count,
+                &buckets,
+                None,
             )?;
         }
 

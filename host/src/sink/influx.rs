@@ -122,6 +122,13 @@ pub struct InfluxStats {
     pub points_skipped_unwritable: u64,
     /// Points handed over and not yet written or rejected.
     pub buffered_points: u64,
+    /// The most points the buffer holds before writers wait.
+    pub buffer_capacity: u64,
+    /// Answered write requests per latency bucket ([`WRITE_BUCKETS_MS`],
+    /// then +Inf), not cumulative.
+    pub write_buckets: Vec<u64>,
+    /// Time in answered write requests, ns.
+    pub write_ns: u64,
     /// The last failure, if any (kept after recovery).
     pub last_error: Option<String>,
 }
@@ -429,8 +436,14 @@ struct State {
 /// Enough spare buffers for a few workers, without hoarding memory.
 const MAX_SPARE_BUFFERS: usize = 8;
 
+/// Upper bounds of the write-latency buckets, in ms.
+pub const WRITE_BUCKETS_MS: [u64; 10] = [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000];
+
 #[derive(Default)]
 struct Counters {
+    /// Answered requests per latency bucket, and their total time.
+    requests: [AtomicU64; WRITE_BUCKETS_MS.len() + 1],
+    request_ns: AtomicU64,
     points_written: AtomicU64,
     batches_written: AtomicU64,
     bytes_sent: AtomicU64,
@@ -439,6 +452,15 @@ struct Counters {
     points_skipped_non_finite: AtomicU64,
     points_skipped_unwritable: AtomicU64,
     last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn record_request(&self, took: std::time::Duration) {
+        let us = took.as_micros() as u64;
+        let bucket = WRITE_BUCKETS_MS.iter().position(|&b| us <= b * 1_000).unwrap_or(WRITE_BUCKETS_MS.len());
+        self.requests[bucket].fetch_add(1, Ordering::Relaxed);
+        self.request_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 struct Shared {
@@ -473,6 +495,9 @@ impl Shared {
             points_skipped_non_finite: c.points_skipped_non_finite.load(Ordering::Relaxed),
             points_skipped_unwritable: c.points_skipped_unwritable.load(Ordering::Relaxed),
             buffered_points,
+            buffer_capacity: self.buffer_points,
+            write_buckets: c.requests.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            write_ns: c.request_ns.load(Ordering::Relaxed),
             last_error: c.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         }
     }

@@ -95,6 +95,17 @@ fn prometheus_scrapes_the_hosts_counters_while_it_runs() {
     let calls = prometheus.value("tickfold_plugin_call_duration_seconds_count{plugin=\"vwap\"}").unwrap_or(0.0);
     let inf = prometheus.value("tickfold_plugin_call_duration_seconds_bucket{plugin=\"vwap\",le=\"+Inf\"}");
     assert!(calls > 0.0 && inf == Some(calls), "calls {calls}, +Inf bucket {inf:?}");
+    // The InfluxDB sink: its buffer's size, and every answered write timed.
+    assert!(prometheus.value("tickfold_influx_buffer_capacity_points").is_some_and(|c| c > 0.0));
+    let deadline_writes = Instant::now() + Duration::from_secs(30);
+    while prometheus.value("tickfold_influx_write_duration_seconds_count").unwrap_or(0.0) == 0.0 {
+        assert!(Instant::now() < deadline_writes, "no InfluxDB write was timed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // One query, so both come from the same scrape.
+    let promql = "tickfold_influx_write_duration_seconds_count - ignoring(le) tickfold_influx_write_duration_seconds_bucket{le=\"+Inf\"}";
+    assert_eq!(prometheus.value(promql), Some(0.0), "the +Inf bucket holds every write");
+    assert!(prometheus.value("tickfold_influx_write_duration_seconds_sum").is_some_and(|s| s > 0.0));
     let promql = "count(tickfold_partition_lag)";
     wait_for_value(&prometheus, promql, scenario.partitions.len() as f64, deadline, guard.0, &log);
     let host_log = std::fs::read_to_string(&log).unwrap();

@@ -298,7 +298,13 @@ impl Poster {
             Auth::Basic(user, password) => request.basic_auth(user, password.as_ref().map(Secret::expose)),
             Auth::Header(value) => request.header(AUTHORIZATION, value.clone()),
         };
-        let response = match request.send() {
+        let sent = Instant::now();
+        let response = request.send();
+        // Every answered request's time, for the write-latency histogram.
+        if response.is_ok() {
+            self.shared.counters.record_request(sent.elapsed());
+        }
+        let response = match response {
             Ok(response) => response,
             Err(e) if e.is_timeout() => {
                 return Attempt::Retry {
