@@ -134,6 +134,11 @@ struct Shared {
     /// Sources still holding their capability: the control source ends
     /// with the last of them.
     live_sources: AtomicUsize,
+    /// The control source's promise (its capability's time): rows at or
+    /// after it are held until it moves on.
+    promise: AtomicI64,
+    /// Wakes the control source (set by worker 0's when there is one).
+    wake_control: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Shared {
@@ -145,6 +150,20 @@ impl Shared {
             watermarks: Mutex::new(vec![i64::MIN; workers]),
             max_event: AtomicI64::new(i64::MIN),
             live_sources: AtomicUsize::new(workers),
+            promise: AtomicI64::new(i64::MAX),
+            wake_control: Mutex::new(None),
+        }
+    }
+
+    /// A source sent rows up to event time `newest`: if that reaches past
+    /// the control source's promise, the rows wait for it, so wake it now
+    /// rather than at its next tick (a replay races through event time).
+    fn sent_up_to(&self, newest: i64) {
+        self.max_event.fetch_max(newest, Ordering::Relaxed);
+        if newest >= self.promise.load(Ordering::Relaxed)
+            && let Some(wake) = self.wake_control.lock().expect("wake lock").as_ref()
+        {
+            wake();
         }
     }
 
@@ -304,7 +323,7 @@ pub fn replay_into(
                                 });
                             }
                             drop(session);
-                            shared.max_event.fetch_max(max_ts, Ordering::Relaxed);
+                            shared.sent_up_to(max_ts);
                             counters.records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             counters.late.fetch_add(late, Ordering::Relaxed);
                             counters.trades.fetch_add(sent, Ordering::Relaxed);
@@ -477,7 +496,7 @@ pub fn run(
                     times.source_ns.fetch_add(polling.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if !batch.is_empty() {
                         let newest = batch.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
-                        shared.max_event.fetch_max(newest, Ordering::Relaxed);
+                        shared.sent_up_to(newest);
                         shared.counters.in_flight.fetch_add(batch.len() as i64, Ordering::Relaxed);
                         output.session(&cap).give_iterator(batch.drain(..));
                     }
@@ -559,13 +578,15 @@ const CONTROL_TICK: Duration = Duration::from_millis(10);
 /// Worker 0's source of plugin changes, broadcast to every worker.
 ///
 /// Its capability is a promise: no change will take effect before that
-/// event time. It runs ahead of the newest event time the sources have
-/// sent (by `deploy_lead_ms`, or by twice what event time moved in the last
-/// tick when it moves faster, as in a replay), so rows are not held back.
-/// A queued change is sent at the capability's time `T`: no worker can
-/// have processed a row at or after `T` yet (the process operator holds
-/// those back until the promise passes them), so every worker applies the
-/// change between the same rows.
+/// event time. It runs `deploy_lead_ms` ahead of the newest event time the
+/// sources have sent, moved on every tick and whenever a source sends rows
+/// past it, so rows are rarely held back. A queued change is sent at the
+/// capability's time `T`: no worker can have processed a row at or after
+/// `T` yet (the process operator holds those back until the promise passes
+/// them), so every worker applies the change between the same rows. The
+/// lead stays fixed, not scaled to how fast event time moves, so a change
+/// asked for during a catch-up takes effect right after it, not minutes
+/// ahead of the live data that follows.
 fn control_source<'scope>(
     scope: timely::dataflow::Scope<'scope, i64>,
     index: usize,
@@ -574,17 +595,21 @@ fn control_source<'scope>(
 ) -> Stream<'scope, i64, Vec<u64>> {
     use timely::dataflow::operators::vec::Broadcast;
     let control = pipeline.control.clone().filter(|_| index == 0);
-    let base_lead = pipeline.deploy_lead_ms.max(0);
+    let lead = pipeline.deploy_lead_ms.max(0);
     let changes = source(scope, "Deploys", move |capability, info| {
         let activator = scope.activator_for(info.address.clone());
         if let Some(control) = &control {
-            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let wake = Arc::new(scope.worker().sync_activator_for(info.address.to_vec()));
+            let w = wake.clone();
             control.set_wake(Box::new(move || {
+                let _ = w.activate();
+            }));
+            *shared.wake_control.lock().expect("wake lock") = Some(Box::new(move || {
                 let _ = wake.activate();
             }));
+            shared.promise.store(i64::MIN, Ordering::Relaxed);
         }
         let mut capability = control.is_some().then_some(capability);
-        let mut last_max = i64::MIN;
         move |output| {
             let (Some(cap), Some(control)) = (capability.as_mut(), control.as_ref()) else {
                 capability = None;
@@ -592,16 +617,16 @@ fn control_source<'scope>(
             };
             if shared.interrupted.load(Ordering::Relaxed) || shared.live_sources.load(Ordering::Relaxed) == 0 {
                 // The sources are done: so are changes.
+                shared.promise.store(i64::MAX, Ordering::Relaxed);
                 capability = None;
                 return;
             }
             let max = shared.max_event.load(Ordering::Relaxed);
             if max != i64::MIN {
-                let moved = if last_max == i64::MIN { 0 } else { max.saturating_sub(last_max) };
-                last_max = max;
-                let promise = max.saturating_add(base_lead.max(moved.saturating_mul(2)));
+                let promise = max.saturating_add(lead).saturating_add(1);
                 if promise > *cap.time() {
                     cap.downgrade(&promise);
+                    shared.promise.store(promise, Ordering::Relaxed);
                 }
             }
             let queued = control.take_queued();
