@@ -11,10 +11,12 @@
 #
 #   BENCH_TRADES (default 10000000)  BENCH_RATE (default 100000)  BENCH_SECONDS (default 30)
 #   BENCH_ONLY=latency  runs (e) alone
+#   BENCH_ONLY=control  runs (c') with the admin API (hot deploys) on and off,
+#                       three times each in turn, on BENCH_TRADES (default 3M)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-trades=${BENCH_TRADES:-10000000}
+if [[ "${BENCH_ONLY:-}" == control ]]; then trades=${BENCH_TRADES:-3000000}; else trades=${BENCH_TRADES:-10000000}; fi
 
 scripts/install-plugin-toolchain.sh
 scripts/install-services.sh
@@ -40,10 +42,34 @@ export TICKFOLD__SINKS__INFLUX__URL=$INFLUX_URL
 export TICKFOLD__SINKS__ARCHIVE__DIR=$state/archive
 export TICKFOLD__SINKS__INFLUX__TAGS__HOST=bench
 export TICKFOLD__METRICS__LISTEN=127.0.0.1:$(free_port)
+export TICKFOLD__ADMIN__LISTEN=127.0.0.1:$(free_port)
+export TICKFOLD__ADMIN__STATE_DIR=$state/tickfold-state
+start_ms=1767623400000
+
+if [[ "${BENCH_ONLY:-}" == control ]]; then
+  # What holding rows for hot deploys costs: the same file through the same
+  # DAG with the [admin] table (control source, rows held past its promise)
+  # and without it. The copy sits in target/ so its relative paths still
+  # point at target/plugins.
+  $tickfold generate --output "$state/trades.csv" --trades "$trades" --rate 10000 --start-ms $start_ms --seed 1
+  python3 - examples/tickfold.toml "$root/target/tickfold-no-admin.toml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+open(sys.argv[2], "w").write(re.sub(r"(?ms)^\[admin\]\n.*?(?=^\[)", "", text))
+PY
+  for run in 1 2 3; do
+    for config in examples/tickfold.toml "$root/target/tickfold-no-admin.toml"; do
+      echo "== (c') run $run, $config"
+      rm -rf "$state/archive"
+      TICKFOLD__WORKERS=2 TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' \
+        $tickfold bench pipeline --config "$config" --input "$state/trades.csv" 2>/dev/null | head -1
+    done
+  done
+  exit 0
+fi
 
 if [[ "${BENCH_ONLY:-}" != latency ]]; then
 echo "== preloading $trades trades into topic bench (4 partitions)"
-start_ms=1767623400000
 $tickfold produce --brokers "$BROKERS" --topic bench --trades "$trades" --rate 10000 \
   --start-ms $start_ms --as-fast-as-possible --seed 1 2>&1 | tail -1
 
