@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod config;
