@@ -249,6 +249,21 @@ impl Chain {
         lag_ms: i64,
         report_all: bool,
     ) -> Result<Self, ExecError> {
+        Self::open_dag_restored(specs, input_name, input_fields, lag_ms, report_all, &Default::default())
+    }
+
+    /// [`Chain::open_dag`], each stage named in `states` restored from its
+    /// snapshot (a checkpoint's, cut down to this worker's keys). A stage
+    /// whose plugin refuses its state starts empty, with a warning: the
+    /// plugin changed since (an upgrade accepted just before a crash).
+    pub fn open_dag_restored(
+        specs: &[StageSpec],
+        input_name: &str,
+        input_fields: &[String],
+        lag_ms: i64,
+        report_all: bool,
+        states: &std::collections::BTreeMap<String, crate::plugin::Snapshot>,
+    ) -> Result<Self, ExecError> {
         let mut chain = Chain {
             stages: Vec::with_capacity(specs.len()),
             series: vec![Series {
@@ -264,7 +279,16 @@ impl Chain {
             stats: ExecStats::default(),
         };
         for (i, spec) in specs.iter().enumerate() {
-            let instance = spec.plugin.open(&spec.params)?;
+            let instance = match states.get(&spec.name) {
+                Some(state) => match spec.plugin.restore(&spec.params, state, &mut chain.keys) {
+                    Ok(instance) => instance,
+                    Err(e) => {
+                        tracing::warn!(stage = %spec.name, "the checkpointed state was refused, so the stage starts empty: {e}");
+                        spec.plugin.open(&spec.params)?
+                    }
+                },
+                None => spec.plugin.open(&spec.params)?,
+            };
             let report = report_all || i + 1 == specs.len();
             let stage = chain.attach(i, spec, instance, &[], report, false)?;
             chain.stages.push(stage);
@@ -365,6 +389,16 @@ impl Chain {
     pub fn stage_inputs(&self, name: &str) -> Vec<String> {
         let Some(stage) = self.stages.iter().find(|s| s.name == name) else { return Vec::new() };
         stage.wires.iter().map(|w| self.series[w.source].name.clone()).collect()
+    }
+
+    /// Every stage's state: (stage name, `plugin@version`, snapshot).
+    pub fn snapshot(&mut self) -> Result<Vec<(String, String, crate::plugin::Snapshot)>, ExecError> {
+        let mut out = Vec::with_capacity(self.stages.len());
+        for stage in &mut self.stages {
+            let snapshot = stage.instance.snapshot()?;
+            out.push((stage.name.clone(), stage.instance.label().to_string(), snapshot));
+        }
+        Ok(out)
     }
 
     /// Adds a stage at the end, reading the live series. Its output names

@@ -38,12 +38,18 @@
 //! through) opens a *late* bucket, written at the next `advance` to new
 //! files that continue the bucket's sequence on disk. They never overwrite.
 //!
-//! **Restarts.** After restoring from a checkpoint at frontier `F`, call
-//! `advance(F)` before writing, so rows for buckets closed before the
-//! checkpoint count as late and are appended, not written as a fresh
-//! bucket over the files already there. Call `advance(w)` after the plugin
-//! chain has seen watermark `w`, so the windows `w` closes land in their
-//! bucket before it is written.
+//! **Checkpoints.** [`ArchiveWriter::checkpoint`] writes the rows of every
+//! open bucket as parts that continue the bucket's sequence, and empties
+//! the buffers: the rows before a checkpoint are on disk when it is
+//! declared complete. It returns an [`ArchiveCut`]: the watermark and each
+//! open bucket's parts. [`ArchiveWriter::restore`] after a crash removes
+//! this worker's parts of buckets open at the cut that the cut does not
+//! list (written after it, and about to be written again), and continues
+//! each open bucket's sequence where the cut left it. A bucket with parts
+//! from a checkpoint does not remove "stale" parts when it closes: they
+//! are its own. Call `advance(w)` after the plugin chain has seen watermark
+//! `w`, so the windows `w` closes land in their bucket before it is
+//! written.
 //!
 //! **Atomic files.** Each file is encoded to `.part-….parquet.tmp` in its
 //! final directory (a dot-file, which Hive-style readers skip), fsynced when
@@ -298,6 +304,7 @@ impl Archive {
             by_name: HashMap::default(),
             last_series: usize::MAX,
             stats: ArchiveStats::default(),
+            resumed: HashMap::default(),
         }
     }
 }
@@ -317,6 +324,28 @@ pub struct ArchiveWriter {
     /// runs of one series).
     last_series: usize,
     stats: ArchiveStats,
+    /// After a restore: where each bucket open at the cut goes on, by
+    /// (series, bucket start), taken when the bucket gets its first row.
+    resumed: HashMap<(String, i64), u32>,
+}
+
+/// What a checkpoint needs of one worker's archive: its watermark, and per
+/// bucket still open then, where its parts stand.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveCut {
+    pub roll_interval_ms: u64,
+    pub watermark: i64,
+    pub open: Vec<OpenBucket>,
+}
+
+/// A bucket open at a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenBucket {
+    pub series: String,
+    pub start_ms: i64,
+    /// Parts `0..next_seq` hold its rows before the cut (late buckets start
+    /// higher; every part below `next_seq` is kept).
+    pub next_seq: u32,
 }
 
 /// A series' schema and its open buckets.
@@ -340,6 +369,9 @@ struct Bucket {
     /// The sequence number of its first file, fixed at the first attempt to
     /// write it so that a retry reuses the same names.
     first_seq: Option<u32>,
+    /// Some of its rows were written at a checkpoint: `first_seq` continues
+    /// after those parts, which are not stale.
+    flushed: bool,
     /// Symbols interned for this bucket only, so the table dies with it.
     names: Vec<Box<str>>,
     ids: HashMap<Box<str>, u32>,
@@ -359,6 +391,7 @@ impl Bucket {
             start_ms,
             late,
             first_seq: None,
+            flushed: false,
             names: Vec::new(),
             ids: HashMap::default(),
             last_symbol: 0,
@@ -372,6 +405,13 @@ impl Bucket {
 
     fn len(&self) -> usize {
         self.ts.len()
+    }
+
+    /// Forgets the rows (written at a checkpoint); the next parts continue
+    /// at `next_seq`.
+    fn written_up_to(&mut self, next_seq: u32) {
+        let fields = self.values.len();
+        *self = Bucket { first_seq: Some(next_seq), flushed: true, ..Bucket::new(self.start_ms, self.late, fields) };
     }
 
     fn intern(&mut self, symbol: &str) -> u32 {
@@ -512,6 +552,105 @@ impl ArchiveWriter {
         self.advance(i64::MAX)
     }
 
+    /// A checkpoint: writes the rows of every open bucket as parts that
+    /// continue its sequence, empties the buffers, and says where each open
+    /// bucket stands.
+    pub fn checkpoint(&mut self) -> Result<ArchiveCut, ArchiveError> {
+        let mut open = Vec::new();
+        for s in 0..self.series.len() {
+            for b in 0..self.series[s].buckets.len() {
+                let mut bucket = std::mem::replace(&mut self.series[s].buckets[b], Bucket::new(0, false, 0));
+                let result =
+                    if bucket.len() > 0 { self.write_bucket(&self.series[s], &mut bucket) } else { Ok((0, 0)) };
+                let (files, bytes) = match result {
+                    Ok(done) => done,
+                    Err(e) => {
+                        self.series[s].buckets[b] = bucket;
+                        return Err(e);
+                    }
+                };
+                let rows = bucket.len() as u64;
+                self.stats.rows_written += rows;
+                self.stats.files_written += files;
+                self.stats.bytes_written += bytes;
+                self.stats.buffered_rows -= rows;
+                let next_seq = bucket.first_seq.unwrap_or(0) + files as u32;
+                if bucket.first_seq.is_some() {
+                    bucket.written_up_to(next_seq);
+                }
+                open.push(OpenBucket { series: self.series[s].name.clone(), start_ms: bucket.start_ms, next_seq });
+                self.series[s].buckets[b] = bucket;
+            }
+        }
+        Ok(ArchiveCut { roll_interval_ms: self.roll_ms as u64, watermark: self.watermark, open })
+    }
+
+    /// Takes up from checkpoint `cut` after a crash, before any row is
+    /// written: removes this worker's parts of buckets that were open at
+    /// the cut or opened after it, except those the cut holds, and
+    /// continues each open bucket's sequence.
+    pub fn restore(&mut self, cut: &ArchiveCut) -> Result<(), ArchiveError> {
+        if cut.roll_interval_ms as i64 != self.roll_ms {
+            return Err(ArchiveError::Io {
+                op: "restoring from a checkpoint",
+                path: self.config.dir.clone(),
+                source: io::Error::other(format!(
+                    "the checkpoint was taken with roll_interval_ms = {}, the config now says {}; put it back until the next checkpoint",
+                    cut.roll_interval_ms, self.roll_ms
+                )),
+            });
+        }
+        self.watermark = cut.watermark;
+        let keep: HashMap<(&str, i64), u32> =
+            cut.open.iter().map(|o| ((o.series.as_str(), o.start_ms), o.next_seq)).collect();
+        let prefix = format!("part-w{}-", self.worker);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ArchiveError::Io { op: "restoring from a checkpoint", path: path.clone(), source }
+        };
+        let root = &self.config.dir;
+        let series_dirs = match fs::read_dir(root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(root)(e)),
+        };
+        for series_dir in series_dirs {
+            let series_dir = series_dir.map_err(io(root))?.path();
+            let Some(series) = series_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("series="))
+            else {
+                continue;
+            };
+            let series = series.to_string();
+            for date_dir in fs::read_dir(&series_dir).map_err(io(&series_dir))? {
+                let date_dir = date_dir.map_err(io(&series_dir))?.path();
+                if !date_dir.is_dir() {
+                    continue;
+                }
+                for file in fs::read_dir(&date_dir).map_err(io(&date_dir))? {
+                    let path = file.map_err(io(&date_dir))?.path();
+                    let Some((start, seq)) = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(&prefix))
+                        .and_then(|n| n.strip_suffix(".parquet"))
+                        .and_then(|n| n.split_once('-'))
+                        .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<u32>().ok()?)))
+                    else {
+                        continue;
+                    };
+                    let closed_at_cut = start.saturating_add(self.roll_ms) <= cut.watermark;
+                    let held = keep.get(&(series.as_str(), start)).is_some_and(|&next| seq < next);
+                    if !closed_at_cut && !held {
+                        fs::remove_file(&path).map_err(io(&path))?;
+                        info!(worker = self.worker, path = %path.display(), "removed a part written after the checkpoint (it is written again)");
+                    }
+                }
+            }
+        }
+        self.resumed = cut.open.iter().map(|o| ((o.series.clone(), o.start_ms), o.next_seq)).collect();
+        Ok(())
+    }
+
     /// Counts so far.
     pub fn stats(&self) -> ArchiveStats {
         self.stats
@@ -546,7 +685,15 @@ impl ArchiveWriter {
                     if late {
                         debug!(worker = self.worker, series, bucket_start_ms = start, "late rows for a closed bucket");
                     }
-                    buf.buckets.push(Bucket::new(start, late, fields.len()));
+                    let mut bucket = Bucket::new(start, late, fields.len());
+                    if let Some(next) =
+                        (!self.resumed.is_empty()).then(|| self.resumed.remove(&(series.to_string(), start))).flatten()
+                    {
+                        // Open at the checkpoint: go on after its parts.
+                        bucket.first_seq = Some(next);
+                        bucket.flushed = true;
+                    }
+                    buf.buckets.push(bucket);
                     buf.buckets.len() - 1
                 }
             },
@@ -660,7 +807,7 @@ impl ArchiveWriter {
             bytes += written;
             files += 1;
         }
-        if !bucket.late {
+        if !bucket.late && !bucket.flushed {
             // Parts past the last one just written are from an earlier run
             // that saw this bucket differently; this run's files replace them.
             let mut removed = false;
@@ -1543,5 +1690,76 @@ mod tests {
                 offset: None
             }])
         );
+    }
+
+    /// Rows of series `s` (field `v`): (symbol, ts, v).
+    fn put(w: &mut ArchiveWriter, rows: &[(&str, i64, f64)]) {
+        for &(sym, ts, v) in rows {
+            w.write("s", &names(&["v"]), sym, ts, &[v]).unwrap();
+        }
+    }
+
+    fn sorted_rows(dir: &Path) -> Vec<(String, i64, u64)> {
+        let mut rows: Vec<_> =
+            read_series(dir, "s").unwrap().into_iter().map(|r| (r.symbol, r.ts, r.values[0].to_bits())).collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_crash_after_a_checkpoint_leaves_every_row_once_after_the_replay() {
+        let before: Vec<(&str, i64, f64)> =
+            (0..7).map(|i| (["A", "B"][i % 2], 100 + i as i64 * 100, i as f64)).collect();
+        let after: Vec<(&str, i64, f64)> =
+            (0..9).map(|i| (["A", "B", "C"][i % 3], 600 + i as i64 * 150, 10.0 + i as f64)).collect();
+        let roll = |dir: &Path| {
+            Archive::new(ArchiveConfig { max_rows_per_file: 2, roll_interval_ms: 1_000, ..ArchiveConfig::new(dir) })
+                .unwrap()
+        };
+
+        // Uninterrupted.
+        let clean = TempDir::new("ckpt-clean");
+        let mut w = roll(&clean.0).writer(0);
+        put(&mut w, &before);
+        w.advance(400).unwrap();
+        put(&mut w, &after);
+        w.finish().unwrap();
+        let want = sorted_rows(&clean.0);
+        assert_eq!(want.len(), before.len() + after.len());
+
+        // A checkpoint at watermark 400, more rows, buckets closed, another
+        // flush, then a crash (the writer dropped unfinished).
+        let dir = TempDir::new("ckpt-crash");
+        let archive = roll(&dir.0);
+        let mut w = archive.writer(0);
+        put(&mut w, &before);
+        w.advance(400).unwrap();
+        let cut = w.checkpoint().unwrap();
+        assert_eq!(w.stats().buffered_rows, 0, "a checkpoint writes every buffered row");
+        assert_eq!(sorted_rows(&dir.0).len(), before.len());
+        put(&mut w, &after);
+        w.advance(1_500).unwrap();
+        let _later = w.checkpoint().unwrap();
+        drop(w);
+
+        // The restart: restore the cut, replay what came after it.
+        let mut w = roll(&dir.0).writer(0);
+        w.restore(&cut).unwrap();
+        put(&mut w, &after);
+        w.finish().unwrap();
+        assert_eq!(sorted_rows(&dir.0), want, "every row once, none lost");
+        assert_no_temp_files(&dir.0);
+
+        // Restoring the same cut again and replaying again changes nothing.
+        let mut w = roll(&dir.0).writer(0);
+        w.restore(&cut).unwrap();
+        put(&mut w, &after);
+        w.finish().unwrap();
+        assert_eq!(sorted_rows(&dir.0), want);
+
+        // Another roll interval than the checkpoint's is refused.
+        let other = Archive::new(ArchiveConfig { roll_interval_ms: 2_000, ..ArchiveConfig::new(&dir.0) }).unwrap();
+        let err = other.writer(0).restore(&cut).unwrap_err().to_string();
+        assert!(err.contains("roll_interval_ms"), "{err}");
     }
 }
