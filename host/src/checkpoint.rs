@@ -98,9 +98,9 @@ pub struct Checkpoint {
     /// Per worker, the watermark its plugin chain had reached.
     pub watermarks: Vec<i64>,
     pub stages: Vec<StageCheckpoint>,
-    /// Per worker, the archive's files at the cut (relative paths), so a
-    /// restart can remove files written after it.
-    pub archive_files: Vec<Vec<String>>,
+    /// Per worker, what its sinks need to take up from the cut (the
+    /// archive's open buckets).
+    pub sinks: Vec<crate::sink::SinkCut>,
 }
 
 /// Where checkpoints are kept: whole objects, written atomically.
@@ -272,7 +272,20 @@ mod tests {
                 shared: vec![vec![], vec![7]],
                 keys: vec![KeyStateCheckpoint { key: "AAPL".into(), state: vec![1, 2, 3] }],
             }],
-            archive_files: vec![vec!["series=trades/date=2026-01-01/part-w0-0-0000.parquet".into()], vec![]],
+            sinks: vec![
+                crate::sink::SinkCut {
+                    archive: Some(crate::sink::archive::ArchiveCut {
+                        roll_interval_ms: 60_000,
+                        watermark: 3,
+                        open: vec![crate::sink::archive::OpenBucket {
+                            series: "vwap".into(),
+                            start_ms: 0,
+                            next_seq: 2,
+                        }],
+                    }),
+                },
+                crate::sink::SinkCut::default(),
+            ],
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Config {
     /// `[admin]` table is present.
     #[serde(default)]
     pub admin: Option<crate::api::AdminConfig>,
+    /// Checkpoints for crash recovery; taken only when the `[checkpoint]`
+    /// table is present.
+    #[serde(default)]
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 fn default_workers() -> usize {
@@ -310,6 +314,9 @@ impl Config {
         }
         if let Some(admin) = &mut config.admin {
             admin.state_dir = base.join(&admin.state_dir);
+        }
+        if let Some(checkpoint) = &mut config.checkpoint {
+            checkpoint.dir = base.join(&checkpoint.dir);
         }
         config.check().map_err(invalid)?;
         Ok(config)

@@ -442,6 +442,12 @@ impl ControlPlane {
         Ok(status)
     }
 
+    /// True while a change is accepted and not yet applied everywhere.
+    pub fn has_pending(&self) -> bool {
+        let state = self.lock();
+        !state.closed && (!state.queue.is_empty() || state.changes.values().any(|p| !p.status.complete()))
+    }
+
     /// Where change `id` stands now.
     pub fn status(&self, id: u64) -> Option<ChangeStatus> {
         self.lock().changes.get(&id).map(|p| p.status.clone())

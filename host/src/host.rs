@@ -180,8 +180,40 @@ pub fn run_with(
         })
     };
 
+    let checkpoint = match (&config.checkpoint, file) {
+        (Some(c), None) => {
+            let store = crate::checkpoint::LocalDir::new(&c.dir).context("opening the checkpoint directory")?;
+            let restore = crate::checkpoint::load_latest(&store).context("reading the checkpoints")?;
+            match &restore {
+                Some(cp) => tracing::info!(
+                    id = cp.id,
+                    "restoring from checkpoint {} (taken {}): every partition resumes at its offset there",
+                    cp.id,
+                    format_ms(cp.taken_at_ms)
+                ),
+                None => tracing::info!(dir = %c.dir.display(), "no checkpoint yet: starting as the config says"),
+            }
+            let flush: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> = influx.as_ref().map(|sink| {
+                let sink = sink.clone();
+                Arc::new(move || sink.sync().map_err(|e| e.to_string()))
+                    as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+            });
+            Some(crate::dataflow::CheckpointOptions {
+                store: Arc::new(store),
+                interval: Duration::from_millis(c.interval_ms.max(1)),
+                retain: c.retain,
+                restore: restore.map(Arc::new),
+                flush,
+            })
+        }
+        (Some(_), Some(_)) => {
+            tracing::warn!("checkpoints are taken for Kafka runs only; this run over a file takes none");
+            None
+        }
+        (None, _) => None,
+    };
     let kafka = &config.kafka;
-    let options = RunOptions {
+    let mut options = RunOptions {
         workers: config.workers,
         reader: ReaderOptions {
             brokers: kafka.brokers.clone(),
@@ -202,6 +234,7 @@ pub fn run_with(
         dead_letter_topic: Some(kafka.dead_letter_topic()),
         stop_when_idle: kafka.stop_when_idle_ms.map(Duration::from_millis),
         stop_after_records: kafka.stop_after_records,
+        checkpoint,
     };
     // The endpoint reads the same counters the reporter logs; it must be
     // stopped before the InfluxDB sink closes (it holds the sink).
@@ -254,6 +287,8 @@ pub fn run_with(
         }
     };
     reporter.stop();
+    // The checkpoint options hold the InfluxDB sink (to flush it): let go.
+    options.checkpoint = None;
     if let Some((plane, _, _)) = &control {
         plane.close();
     }
@@ -439,6 +474,11 @@ impl SinkWriter for InfluxWorker {
     fn batch_done(&mut self) -> Result<(), SinkError> {
         self.hand_over()
     }
+
+    fn checkpoint(&mut self, _: &mut crate::sink::SinkCut) -> Result<(), SinkError> {
+        // The sink's thread writes it; the checkpoint waits for that.
+        self.hand_over()
+    }
 }
 
 /// A worker's archive writer, publishing its counts as it goes.
@@ -482,6 +522,19 @@ impl SinkWriter for ArchiveWorker {
         let result = self.writer.finish().map_err(|e| SinkError::new("archive", e));
         self.publish();
         result
+    }
+
+    fn checkpoint(&mut self, cut: &mut crate::sink::SinkCut) -> Result<(), SinkError> {
+        cut.archive = Some(self.writer.checkpoint().map_err(|e| SinkError::new("archive", e))?);
+        self.publish();
+        Ok(())
+    }
+
+    fn restore(&mut self, cut: &crate::sink::SinkCut) -> Result<(), SinkError> {
+        match &cut.archive {
+            Some(archive) => self.writer.restore(archive).map_err(|e| SinkError::new("archive", e)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -243,6 +243,58 @@ impl Collector for HostCollector {
             }
         }
 
+        let c = &counters.checkpoints;
+        let taken = load(&c.taken);
+        if taken > 0 || load(&c.abandoned) > 0 {
+            counter(&mut e, "checkpoints", "Checkpoints written.", None, taken)?;
+            counter(
+                &mut e,
+                "checkpoints_abandoned",
+                "Checkpoints given up (the workers did not reach the cut in time).",
+                None,
+                load(&c.abandoned),
+            )?;
+        }
+        if taken > 0 {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            let last = load(&c.last_at_ms) as f64 / 1e3;
+            gauge(
+                &mut e,
+                "checkpoint_last_timestamp",
+                "When the last checkpoint was taken.",
+                Some(&Unit::Seconds),
+                last,
+            )?;
+            gauge(
+                &mut e,
+                "checkpoint_age",
+                "Wall-clock time since the last checkpoint.",
+                Some(&Unit::Seconds),
+                now - last,
+            )?;
+            gauge(
+                &mut e,
+                "checkpoint_last_size",
+                "The last checkpoint's file.",
+                Some(&Unit::Bytes),
+                load(&c.last_bytes),
+            )?;
+            gauge(
+                &mut e,
+                "checkpoint_last_pause",
+                "How long the last checkpoint paused the sources.",
+                Some(&Unit::Seconds),
+                load(&c.last_pause_ns) as f64 / 1e9,
+            )?;
+            gauge(
+                &mut e,
+                "checkpoint_last_duration",
+                "How long the last checkpoint took, sinks flushed and file written.",
+                Some(&Unit::Seconds),
+                load(&c.last_total_ns) as f64 / 1e9,
+            )?;
+        }
+
         let t = &counters.times;
         let mut stages = e.encode_descriptor(
             "worker",

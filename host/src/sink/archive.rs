@@ -582,6 +582,11 @@ impl ArchiveWriter {
                 self.series[s].buckets[b] = bucket;
             }
         }
+        // Buckets open at the cut this writer was restored from that have
+        // had no row since: still open, their parts still held.
+        for ((series, start_ms), &next_seq) in &self.resumed {
+            open.push(OpenBucket { series: series.clone(), start_ms: *start_ms, next_seq });
+        }
         Ok(ArchiveCut { roll_interval_ms: self.roll_ms as u64, watermark: self.watermark, open })
     }
 
@@ -1750,6 +1755,19 @@ mod tests {
         assert_eq!(sorted_rows(&dir.0), want, "every row once, none lost");
         assert_no_temp_files(&dir.0);
 
+        // Restored, then a checkpoint before any row arrives (the open
+        // buckets are still only on disk), a crash, and a restore from that
+        // newer cut: the first cut's parts must still count as held.
+        let mut w = roll(&dir.0).writer(0);
+        w.restore(&cut).unwrap();
+        let idle_cut = w.checkpoint().unwrap();
+        drop(w);
+        let mut w = roll(&dir.0).writer(0);
+        w.restore(&idle_cut).unwrap();
+        put(&mut w, &after);
+        w.finish().unwrap();
+        assert_eq!(sorted_rows(&dir.0), want, "a cut taken before any row after a restore keeps the parts");
+
         // Restoring the same cut again and replaying again changes nothing.
         let mut w = roll(&dir.0).writer(0);
         w.restore(&cut).unwrap();
@@ -1761,5 +1779,68 @@ mod tests {
         let other = Archive::new(ArchiveConfig { roll_interval_ms: 2_000, ..ArchiveConfig::new(&dir.0) }).unwrap();
         let err = other.writer(0).restore(&cut).unwrap_err().to_string();
         assert!(err.contains("roll_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn repeated_crashes_and_restores_from_the_latest_cut_keep_every_row_once() {
+        // Rows in event-time order with a little disorder, over several
+        // buckets; a checkpoint every 37 rows; a crash at seeded points,
+        // each followed by a restore from the last cut and a replay.
+        let mut rng = Rng(42);
+        let mut rows: Vec<(String, i64, f64)> = Vec::new();
+        let mut ts = 0i64;
+        for i in 0..2_000 {
+            ts += rng.below(40) as i64;
+            rows.push((["A", "B", "C"][rng.below(3) as usize].to_string(), ts, i as f64));
+        }
+        let config =
+            |dir: &Path| ArchiveConfig { max_rows_per_file: 25, roll_interval_ms: 5_000, ..ArchiveConfig::new(dir) };
+        let feed = |w: &mut ArchiveWriter, rows: &[(String, i64, f64)]| {
+            for (sym, ts, v) in rows {
+                w.write("s", &names(&["v"]), sym, *ts, &[*v]).unwrap();
+            }
+        };
+        let clean = TempDir::new("crashes-clean");
+        let mut w = Archive::new(config(&clean.0)).unwrap().writer(0);
+        for chunk in rows.chunks(37) {
+            feed(&mut w, chunk);
+            w.advance(chunk.last().unwrap().1 - 100).unwrap();
+        }
+        w.finish().unwrap();
+        let want = sorted_rows(&clean.0);
+
+        let dir = TempDir::new("crashes");
+        let mut cut: Option<(usize, ArchiveCut)> = None;
+        let mut crashes = 0;
+        'run: loop {
+            let mut w = Archive::new(config(&dir.0)).unwrap().writer(0);
+            let from = match &cut {
+                Some((at, c)) => {
+                    w.restore(c).unwrap();
+                    *at
+                }
+                None => 0,
+            };
+            for (i, chunk) in rows[from..].chunks(37).enumerate() {
+                feed(&mut w, chunk);
+                w.advance(chunk.last().unwrap().1 - 100).unwrap();
+                let at = from + (i + 1) * 37;
+                cut = Some((at.min(rows.len()), w.checkpoint().unwrap()));
+                // Rows after the cut, then a crash, sometimes.
+                if crashes < 6 && rng.below(5) == 0 {
+                    let more = &rows[at.min(rows.len())..(at + rng.below(60) as usize).min(rows.len())];
+                    feed(&mut w, more);
+                    if let Some(last) = more.last() {
+                        w.advance(last.1 - 100).unwrap();
+                    }
+                    crashes += 1;
+                    continue 'run;
+                }
+            }
+            w.finish().unwrap();
+            break;
+        }
+        assert!(crashes >= 3, "{crashes} crashes");
+        assert_eq!(sorted_rows(&dir.0), want);
     }
 }

@@ -30,6 +30,13 @@ impl SinkError {
     }
 }
 
+/// What a worker's sinks need to take up from a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkCut {
+    /// The archive's open buckets at the cut.
+    pub archive: Option<archive::ArchiveCut>,
+}
+
 /// A worker's writer on one sink.
 pub trait SinkWriter: Send {
     /// One output sample of series `series` (with these field names).
@@ -60,6 +67,17 @@ pub trait SinkWriter: Send {
     /// batches per worker hands its batch on (so per-trade outputs are not
     /// held until the watermark moves).
     fn batch_done(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A checkpoint: write or hand on what is buffered, and record in
+    /// `cut` what a restart needs.
+    fn checkpoint(&mut self, _cut: &mut SinkCut) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Take up from checkpoint `cut`, before anything is written.
+    fn restore(&mut self, _cut: &SinkCut) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -112,6 +130,18 @@ impl Fanout {
     /// Ends every sink's stream.
     pub fn finish_sinks(&mut self) -> Result<(), SinkError> {
         self.timed(|s| s.finish())
+    }
+
+    /// A checkpoint of every sink.
+    pub fn checkpoint(&mut self) -> Result<SinkCut, SinkError> {
+        let mut cut = SinkCut::default();
+        self.timed(|s| s.checkpoint(&mut cut))?;
+        Ok(cut)
+    }
+
+    /// Every sink takes up from `cut`.
+    pub fn restore(&mut self, cut: &SinkCut) -> Result<(), SinkError> {
+        self.timed(|s| s.restore(cut))
     }
 
     fn timed(&mut self, mut f: impl FnMut(&mut Box<dyn SinkWriter>) -> Result<(), SinkError>) -> Result<(), SinkError> {

@@ -490,6 +490,53 @@ impl PartitionReader {
         self.partitions.iter().all(|p| p.at_end && now.duration_since(p.last_record) >= quiet)
     }
 
+    /// Each partition's place for a checkpoint: the next offset (`-1` if
+    /// none was read yet: a restart then starts it as configured) and the
+    /// newest event time accepted.
+    pub fn checkpoint(&self) -> BTreeMap<i32, crate::checkpoint::PartitionCheckpoint> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let next_offset = p.next_offset.unwrap_or(-1);
+                (p.id, crate::checkpoint::PartitionCheckpoint { next_offset, max_ts: p.max_ts })
+            })
+            .collect()
+    }
+
+    /// Takes up each partition's newest event time from a checkpoint (the
+    /// offsets are given to [`PartitionReader::open`] as `Start::At`), so
+    /// lateness is judged as if the run had never stopped.
+    pub fn restore(&mut self, partitions: &BTreeMap<i32, crate::checkpoint::PartitionCheckpoint>) {
+        for p in &mut self.partitions {
+            if let Some(c) = partitions.get(&p.id) {
+                p.max_ts = c.max_ts;
+                if c.next_offset >= 0 {
+                    p.next_offset = Some(c.next_offset);
+                }
+            }
+        }
+    }
+
+    /// One line per partition for the debug log: where it is and why it
+    /// holds the worker.
+    pub fn describe(&self, now: Instant) -> String {
+        let lateness = self.options.allowed_lateness_ms;
+        self.partitions
+            .iter()
+            .map(|p| {
+                format!(
+                    "p{}: next {:?}, at end {}, quiet {} ms, watermark {}",
+                    p.id,
+                    p.next_offset,
+                    p.at_end,
+                    now.duration_since(p.last_record).as_millis(),
+                    p.watermark(lateness)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The next offset of each partition that has read a record.
     pub fn positions(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.partitions.iter().filter_map(|p| p.next_offset.map(|o| (p.id, o)))

@@ -25,5 +25,6 @@ mod influx;
 mod kafka;
 mod metrics;
 mod pipeline;
+mod recovery;
 mod runtime;
 mod support;

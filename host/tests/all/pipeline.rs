@@ -101,10 +101,21 @@ impl Scenario {
 
     /// Produces every record into `topic`, each to its partition, in order.
     pub fn produce(&self, broker: &Tansu, topic: &str) {
+        self.produce_in_batches_of(broker, topic, 10_000);
+    }
+
+    /// [`Scenario::produce`] with at most `batch` records per record batch.
+    /// tansu's memory engine cannot serve a fetch that starts inside a
+    /// record batch (it skips to the next batch, or sends nothing if there
+    /// is none), so tests that resume at arbitrary offsets use batches of 1.
+    pub fn produce_in_batches_of(&self, broker: &Tansu, topic: &str, batch: usize) {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            .set("batch.num.messages", batch.to_string())
+            // Room for every record of the larger scenarios at once.
+            .set("queue.buffering.max.messages", "1000000")
             .create()
             .unwrap();
         for (p, records) in self.partitions.iter().enumerate() {
@@ -178,11 +189,16 @@ pub struct Expected {
 /// A broker with topic `trades` ([`PARTITIONS`] partitions) and its
 /// dead-letter topic, holding the seeded scenario.
 pub fn seeded_broker(seed: u64, trades: usize) -> (Tansu, Scenario) {
+    seeded_broker_in_batches_of(seed, trades, 10_000)
+}
+
+/// [`seeded_broker`], at most `batch` records per record batch.
+pub fn seeded_broker_in_batches_of(seed: u64, trades: usize, batch: usize) -> (Tansu, Scenario) {
     let broker = Tansu::start();
     broker.create_topic("trades", PARTITIONS as u32);
     broker.create_topic("trades.dead-letter", 1);
     let scenario = Scenario::new(seed, trades);
-    scenario.produce(&broker, "trades");
+    scenario.produce_in_batches_of(&broker, "trades", batch);
     (broker, scenario)
 }
 
@@ -329,6 +345,7 @@ fn run_options(broker: &Tansu) -> RunOptions {
         dead_letter_topic: None,
         stop_when_idle: None,
         stop_after_records: None,
+        checkpoint: None,
     }
 }
 

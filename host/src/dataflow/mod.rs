@@ -28,6 +28,10 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::source;
 
+mod checkpoints;
+
+pub use checkpoints::{CheckpointCounters, CheckpointOptions};
+
 use crate::decode::Decoder;
 use crate::deploy::{Applied, Change, ControlPlane};
 use crate::exec::{Chain, ExecError, StageSpec};
@@ -53,6 +57,9 @@ pub enum DataflowError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A checkpoint does not fit this run.
+    #[error("{0}")]
+    Restore(String),
     /// Timely could not start its workers.
     #[error("starting {workers} workers: {reason}")]
     Workers { workers: usize, reason: String },
@@ -97,6 +104,8 @@ pub struct RunCounters {
     /// Time the sinks' per-sample writes too (`times.sinks_ns`): two clock
     /// reads per output sample, for `tickfold bench`.
     pub profile: AtomicBool,
+    /// Checkpoints taken, abandoned, and the last one's size and time.
+    pub checkpoints: CheckpointCounters,
 }
 
 /// Rows in flight (read, not yet processed) beyond which the Kafka sources
@@ -139,6 +148,10 @@ struct Shared {
     promise: AtomicI64,
     /// Wakes the control source (set by worker 0's when there is one).
     wake_control: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Checkpoints in progress (Kafka runs with `[checkpoint]`).
+    cuts: Option<Arc<checkpoints::Cuts>>,
+    /// The checkpoint the run starts from.
+    restore: Option<Arc<crate::checkpoint::Checkpoint>>,
 }
 
 impl Shared {
@@ -152,6 +165,8 @@ impl Shared {
             live_sources: AtomicUsize::new(workers),
             promise: AtomicI64::new(i64::MAX),
             wake_control: Mutex::new(None),
+            cuts: None,
+            restore: None,
         }
     }
 
@@ -379,6 +394,8 @@ pub struct RunOptions {
     pub stop_when_idle: Option<Duration>,
     /// End once this many records have been read, over all workers.
     pub stop_after_records: Option<u64>,
+    /// Take checkpoints (and start from the one given).
+    pub checkpoint: Option<CheckpointOptions>,
 }
 
 /// What a run did.
@@ -420,7 +437,42 @@ pub fn run(
         "reading {partitions} partitions on {workers} workers"
     );
     counters.watermark.store(i64::MIN, Ordering::Relaxed);
-    let shared = Arc::new(Shared::new(counters.clone(), interrupted, workers));
+    let restore = options.checkpoint.as_ref().and_then(|c| c.restore.clone());
+    if let Some(checkpoint) = &restore
+        && checkpoint.workers != workers
+    {
+        return Err(DataflowError::Restore(format!(
+            "checkpoint {} was taken with {} workers, and this run has {workers}; run with {} workers (a checkpoint's keys and archive files belong to its workers)",
+            checkpoint.id, checkpoint.workers, checkpoint.workers
+        )));
+    }
+    let readers: Vec<bool> =
+        (0..workers).map(|w| !kafka::owned_partitions(partitions, w, workers).is_empty()).collect();
+    let cuts = options.checkpoint.as_ref().map(|_| Arc::new(checkpoints::Cuts::new(readers)));
+    let shared = Arc::new(Shared {
+        cuts: cuts.clone(),
+        restore: restore.clone(),
+        ..Shared::new(counters.clone(), interrupted.clone(), workers)
+    });
+    let run_done = Arc::new(AtomicBool::new(false));
+    let coordinator = match (&options.checkpoint, &cuts) {
+        (Some(checkpoint), Some(cuts)) => {
+            let coordinator = checkpoints::Coordinator {
+                cuts: cuts.clone(),
+                options: checkpoint.clone(),
+                reader: options.reader.clone(),
+                workers,
+                control: pipeline.control.clone(),
+                counters: counters.clone(),
+                done: run_done.clone(),
+                interrupted: interrupted.clone(),
+            };
+            Some(std::thread::Builder::new().name("checkpoints".into()).spawn(move || coordinator.run()).map_err(
+                |e| DataflowError::Workers { workers, reason: format!("starting the checkpoint thread: {e}") },
+            )?)
+        }
+        _ => None,
+    };
     // Every partition's watermark (`None` while idle), for workers whose
     // own partitions have all gone idle.
     let partition_watermarks: Arc<Mutex<BTreeMap<i32, Option<i64>>>> = Arc::default();
@@ -441,8 +493,15 @@ pub fn run(
         let (dead_letters, partition_watermarks, positions) = (dl.clone(), pw.clone(), pos.clone());
         worker.dataflow::<i64, _, _>(|scope| {
             let src_shared = shared.clone();
-            let mine: Vec<(i32, Start)> =
-                kafka::owned_partitions(partitions, index, workers).into_iter().map(|p| (p, options.start)).collect();
+            // From a checkpoint, each partition starts at its offset there.
+            let restored = shared.restore.as_ref().map(|c| c.partitions.clone()).unwrap_or_default();
+            let mine: Vec<(i32, Start)> = kafka::owned_partitions(partitions, index, workers)
+                .into_iter()
+                .map(|p| match restored.get(&p) {
+                    Some(c) if c.next_offset >= 0 => (p, Start::At(c.next_offset)),
+                    _ => (p, options.start),
+                })
+                .collect();
             let rows = source(scope, &format!("Kafka({})", options.reader.topic), move |capability, info| {
                 let activator = scope.activator_for(info.address.clone());
                 let wake = scope.worker().sync_activator_for(info.address.to_vec());
@@ -461,10 +520,24 @@ pub fn run(
                         on_data,
                     );
                     match opened {
-                        Ok(r) => reader = Some(r),
+                        Ok(mut r) => {
+                            if let Some(checkpoint) = &shared.restore {
+                                r.restore(&checkpoint.partitions);
+                            }
+                            reader = Some(r);
+                        }
                         Err(e) => shared.fail(e),
                     }
                 }
+                if let Some(cuts) = &shared.cuts {
+                    let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                    cuts.on_wake(Box::new(move || {
+                        let _ = wake.activate();
+                    }));
+                }
+                // The checkpoint this source last paused for.
+                let mut paused = 0u64;
+                let mut last_said = Instant::now();
                 // A worker without partitions never sends: it lets go of
                 // its capability at once.
                 let mut capability = reader.is_some().then_some(capability);
@@ -482,6 +555,18 @@ pub fn run(
                         capability = None;
                         shared.source_done(&mut done);
                         return;
+                    }
+                    if let Some(cuts) = &shared.cuts {
+                        // A checkpoint: stop at a record boundary and say
+                        // where, then wait until every worker has its part.
+                        if let Some(id) = cuts.pause_for(paused) {
+                            paused = id;
+                            cuts.source_paused(index, id, reader.checkpoint());
+                        }
+                        if cuts.holding(paused) {
+                            activator.activate_after(Duration::from_millis(5));
+                            return;
+                        }
                     }
                     if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
                         // The chains are behind (held back by a sink):
@@ -517,10 +602,18 @@ pub fn run(
                     {
                         cap.downgrade(&w);
                     }
+                    if last_said.elapsed() >= Duration::from_secs(5) {
+                        last_said = now;
+                        tracing::debug!(worker = index, capability = *cap.time(), "source: {}", reader.describe(now));
+                    }
                     let read_enough =
                         stop_after.is_some_and(|n| shared.counters.source.records.load(Ordering::Relaxed) >= n);
                     if read_enough || stop_when_idle.is_some_and(|quiet| reader.drained(now, quiet)) {
                         record_positions(&positions, reader);
+                        if let Some(cuts) = &shared.cuts {
+                            // Checkpoints go on without this source.
+                            cuts.source_ended(index, reader.checkpoint());
+                        }
                         capability = None;
                         shared.source_done(&mut done);
                         return;
@@ -539,9 +632,13 @@ pub fn run(
         });
     })
     .map_err(|reason| DataflowError::Workers { workers, reason })?;
-    for result in guards.join() {
-        result.map_err(|reason| DataflowError::Workers { workers, reason })?;
+    let joined: Result<Vec<()>, DataflowError> =
+        guards.join().into_iter().map(|r| r.map_err(|reason| DataflowError::Workers { workers, reason })).collect();
+    run_done.store(true, Ordering::Relaxed);
+    if let Some(c) = coordinator {
+        let _ = c.join();
     }
+    joined?;
     let mut dead_letters_failed = 0;
     if let Some(dl) = &dead_letters {
         if let Err(e) = dl.flush(Duration::from_secs(30)) {
@@ -705,7 +802,27 @@ fn process<'scope>(
     use timely::dataflow::channels::pact::Pipeline as Local;
     use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-    let chain = Chain::open_dag(&pipeline.stages, &pipeline.input_name, &pipeline.input_fields, 0, pipeline.report_all);
+    let workers = shared.watermarks.lock().expect("watermarks lock").len();
+    let states = shared.restore.as_ref().map(|c| checkpoints::states_for(c, index, workers)).unwrap_or_default();
+    if shared.restore.is_some() {
+        let keys: usize = states.values().map(|s| s.keys.len()).sum();
+        tracing::info!(worker = index, stages = states.len(), keys, "plugin state restored from the checkpoint");
+    }
+    let chain = Chain::open_dag_restored(
+        &pipeline.stages,
+        &pipeline.input_name,
+        &pipeline.input_fields,
+        0,
+        pipeline.report_all,
+        &states,
+    );
+    // From a checkpoint, the sinks take up where it left them.
+    let fanout = fanout.and_then(|mut f| {
+        if let Some(checkpoint) = &shared.restore {
+            f.restore(&checkpoint.sinks[index])?;
+        }
+        Ok(f)
+    });
     let mut state = match (chain, fanout) {
         (Ok(chain), Ok(mut fanout)) => {
             fanout.timed = shared.counters.profile.load(Ordering::Relaxed);
@@ -724,12 +841,21 @@ fn process<'scope>(
         (pipeline.input_name.clone(), pipeline.input_fields.clone(), pipeline.keep_input);
     let plane = pipeline.control.clone();
     let by_key = Exchange::new(|row: &Row| key_hash(&row.key));
-    let mut builder = OperatorBuilder::new("PluginChain".to_string(), rows.scope());
+    let scope = rows.scope();
+    let mut builder = OperatorBuilder::new("PluginChain".to_string(), scope);
     let mut rows_in = builder.new_input(rows.container::<Vec<Row>>(), by_key);
     let mut changes_in = builder.new_input(control.container::<Vec<u64>>(), Local);
-    let mut watermark = i64::MIN;
+    let mut watermark = shared.restore.as_ref().map_or(i64::MIN, |c| c.watermarks[index]);
     let mut finished = false;
     let mut held = Held::default();
+    // The checkpoint this worker last gave its part of.
+    let mut cut_done = shared.restore.as_ref().map_or(0, |c| c.id);
+    if let Some(cuts) = &shared.cuts {
+        let wake = scope.worker().sync_activator_for(builder.operator_info().address.to_vec());
+        cuts.on_wake(Box::new(move || {
+            let _ = wake.activate();
+        }));
+    }
     // Changes received, not yet applied: (event time, id), in order.
     let mut pending: Vec<(i64, u64)> = Vec::new();
     builder.build(move |_capabilities| {
@@ -846,6 +972,20 @@ fn process<'scope>(
                 if fanout.written > before {
                     shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
                     fanout.batch_done()?;
+                }
+                // Our part of a checkpoint, once every source has paused
+                // and every row read before has gone through a chain.
+                if let Some(cuts) = &shared.cuts
+                    && complete != i64::MAX
+                    && let Some(id) = cuts.part_due(cut_done)
+                    && shared.counters.in_flight.load(Ordering::Acquire) == 0
+                    && held.rows.is_empty()
+                    && pending.is_empty()
+                {
+                    let stages = chain.snapshot()?;
+                    let sinks = fanout.checkpoint()?;
+                    cuts.worker_part(index, id, checkpoints::WorkerPart { watermark, stages, sinks });
+                    cut_done = id;
                 }
                 if complete == i64::MAX {
                     fanout.finish_sinks()?;

@@ -1,0 +1,410 @@
+//! Taking checkpoints while the dataflow runs, and starting from one.
+//!
+//! A checkpoint is a consistent cut: the plugins' state is the effect of
+//! exactly the records before each partition's recorded offset. Rows are
+//! fed to the plugins as they arrive, so the cut is made by pausing, not by
+//! event time:
+//!
+//! 1. Every `interval` the coordinator (a thread of its own) asks for
+//!    checkpoint `id` and wakes the workers.
+//! 2. Each Kafka source, at its next step, stops reading, records each of
+//!    its partitions' next offset and newest event time, and waits.
+//! 3. Each worker's plugin operator, once every source has paused and no
+//!    row is in flight anywhere (none held back for a deploy, no deploy
+//!    pending), snapshots its chain, has its sinks write what they hold
+//!    (the archive its open buckets; InfluxDB its batch), and hands that
+//!    over.
+//! 4. With every part in, the sources go on at once; the coordinator makes
+//!    InfluxDB write everything handed to it, then writes the checkpoint
+//!    (one file, atomically) and commits the offsets to the consumer group
+//!    so that Kafka tooling shows the lag. A run restarts from the
+//!    checkpoint, never from the group.
+//!
+//! A checkpoint that cannot complete in time (a deploy waiting for the
+//! stream, say) is abandoned: the sources go on and the next one is tried
+//! an interval later.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointStore, KeyStateCheckpoint, PartitionCheckpoint, StageCheckpoint};
+use crate::deploy::ControlPlane;
+use crate::plugin::{KeyState, Snapshot};
+use crate::sink::SinkCut;
+use crate::source::kafka::ReaderOptions;
+
+/// How a Kafka run checkpoints.
+#[derive(Clone)]
+pub struct CheckpointOptions {
+    pub store: Arc<dyn CheckpointStore>,
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Complete checkpoints kept.
+    pub retain: usize,
+    /// Start from this checkpoint.
+    pub restore: Option<Arc<Checkpoint>>,
+    /// Writes everything the sinks' own threads hold (InfluxDB), before a
+    /// checkpoint is declared complete.
+    pub flush: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CheckpointOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointOptions")
+            .field("store", &self.store.describe())
+            .field("interval", &self.interval)
+            .field("retain", &self.retain)
+            .field("restore", &self.restore.as_ref().map(|c| c.id))
+            .finish()
+    }
+}
+
+/// Counts for the metrics and the benchmark.
+#[derive(Debug, Default)]
+pub struct CheckpointCounters {
+    pub taken: AtomicU64,
+    pub abandoned: AtomicU64,
+    /// The last complete one: wall-clock time (ms), bytes, and how long the
+    /// workers were paused and the whole took (ns).
+    pub last_at_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_pause_ns: AtomicU64,
+    pub last_total_ns: AtomicU64,
+}
+
+/// One worker's part of a checkpoint.
+pub(super) struct WorkerPart {
+    pub watermark: i64,
+    pub stages: Vec<(String, String, Snapshot)>,
+    pub sinks: SinkCut,
+}
+
+#[derive(Default)]
+struct CutState {
+    id: u64,
+    sources: Vec<Option<BTreeMap<i32, PartitionCheckpoint>>>,
+    workers: Vec<Option<WorkerPart>>,
+    /// Sources that have ended (their input is drained), with their last
+    /// positions: paused for good, in every cut from now on.
+    ended: Vec<Option<BTreeMap<i32, PartitionCheckpoint>>>,
+}
+
+impl CutState {
+    /// Every source that reads has paused for this cut, or ended.
+    fn sources_in(&self, readers: &[bool]) -> bool {
+        (0..readers.len()).all(|w| !readers[w] || self.sources[w].is_some() || self.ended[w].is_some())
+    }
+}
+
+/// The cut in progress, shared by the workers and the coordinator.
+pub(super) struct Cuts {
+    requested: AtomicU64,
+    resumed: AtomicU64,
+    /// Workers whose source reads partitions (the others have none to
+    /// pause).
+    readers: Vec<bool>,
+    state: Mutex<CutState>,
+    changed: Condvar,
+    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl Cuts {
+    pub fn new(readers: Vec<bool>) -> Self {
+        let workers = readers.len();
+        Cuts {
+            requested: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            readers,
+            state: Mutex::new(CutState {
+                id: 0,
+                sources: vec![None; workers],
+                workers: std::iter::repeat_with(|| None).take(workers).collect(),
+                ended: vec![None; workers],
+            }),
+            changed: Condvar::new(),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers something to wake when a cut starts or ends.
+    pub fn on_wake(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+    }
+
+    fn wake_all(&self) {
+        for wake in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            wake();
+        }
+    }
+
+    /// The cut a source should pause for, if it has not yet: `Some(id)`.
+    pub fn pause_for(&self, paused: u64) -> Option<u64> {
+        let id = self.requested.load(Ordering::Acquire);
+        (id > paused && id > self.resumed.load(Ordering::Acquire)).then_some(id)
+    }
+
+    /// True while the source that paused for `paused` must stay paused.
+    pub fn holding(&self, paused: u64) -> bool {
+        paused > self.resumed.load(Ordering::Acquire)
+    }
+
+    /// Source of worker `worker` paused for `id` at these positions.
+    pub fn source_paused(&self, worker: usize, id: u64, partitions: BTreeMap<i32, PartitionCheckpoint>) {
+        let mut state = self.lock();
+        if state.id == id {
+            state.sources[worker] = Some(partitions);
+        }
+        drop(state);
+        self.changed.notify_all();
+        // The plugin operators wait for the last source.
+        self.wake_all();
+    }
+
+    /// Source of worker `worker` has ended at these positions.
+    pub fn source_ended(&self, worker: usize, partitions: BTreeMap<i32, PartitionCheckpoint>) {
+        self.lock().ended[worker] = Some(partitions);
+        self.changed.notify_all();
+        self.wake_all();
+    }
+
+    /// The cut worker `worker`'s plugin operator should take its part of,
+    /// once every source has paused.
+    pub fn part_due(&self, done: u64) -> Option<u64> {
+        let id = self.requested.load(Ordering::Acquire);
+        if id <= done || id <= self.resumed.load(Ordering::Acquire) {
+            return None;
+        }
+        let state = self.lock();
+        (state.id == id && state.sources_in(&self.readers)).then_some(id)
+    }
+
+    /// Worker `worker`'s part of cut `id`.
+    pub fn worker_part(&self, worker: usize, id: u64, part: WorkerPart) {
+        let mut state = self.lock();
+        if state.id == id {
+            state.workers[worker] = Some(part);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn start(&self, id: u64) {
+        let workers = self.readers.len();
+        let mut state = self.lock();
+        state.id = id;
+        state.sources = vec![None; workers];
+        state.workers = std::iter::repeat_with(|| None).take(workers).collect();
+        drop(state);
+        self.requested.store(id, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Which parts of the cut in progress are missing, for the log.
+    fn missing(&self) -> String {
+        let state = self.lock();
+        let sources: Vec<usize> = (0..self.readers.len())
+            .filter(|&w| {
+                self.readers[w] && state.sources.get(w).is_none_or(Option::is_none) && state.ended[w].is_none()
+            })
+            .collect();
+        let workers: Vec<usize> =
+            (0..self.readers.len()).filter(|&w| state.workers.get(w).is_none_or(Option::is_none)).collect();
+        format!("sources of workers {sources:?} and plugin operators of workers {workers:?}")
+    }
+
+    /// Waits until every part of cut `id` is in, or `deadline`, or `stop`.
+    fn gather(&self, id: u64, deadline: Instant, stop: &dyn Fn() -> bool) -> Option<CutState> {
+        let mut state = self.lock();
+        loop {
+            let complete = state.id == id
+                && state.workers.len() == self.readers.len()
+                && state.workers.iter().all(Option::is_some)
+                && state.sources_in(&self.readers);
+            if complete {
+                let workers = self.readers.len();
+                return Some(CutState {
+                    id,
+                    sources: std::mem::replace(&mut state.sources, vec![None; workers]),
+                    workers: std::mem::replace(
+                        &mut state.workers,
+                        std::iter::repeat_with(|| None).take(workers).collect(),
+                    ),
+                    ended: state.ended.clone(),
+                });
+            }
+            if Instant::now() >= deadline || stop() {
+                return None;
+            }
+            drop(state);
+            // Nudge the workers: a plugin operator only runs when woken.
+            self.wake_all();
+            state = self.lock();
+            state = self.changed.wait_timeout(state, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Lets the sources go on after cut `id`.
+    fn resume(&self, id: u64) {
+        self.resumed.store(id, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+/// What the coordinator needs of the run.
+pub(super) struct Coordinator {
+    pub cuts: Arc<Cuts>,
+    pub options: CheckpointOptions,
+    pub reader: ReaderOptions,
+    pub workers: usize,
+    pub control: Option<Arc<ControlPlane>>,
+    pub counters: Arc<super::RunCounters>,
+    /// The run is over (or stopping): no more checkpoints.
+    pub done: Arc<AtomicBool>,
+    pub interrupted: Arc<AtomicBool>,
+}
+
+impl Coordinator {
+    /// Takes a checkpoint every interval until the run ends.
+    pub fn run(self) {
+        let mut next_id = self.options.restore.as_ref().map_or(0, |c| c.id) + 1;
+        let stop = || self.done.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed);
+        let mut due = Instant::now() + self.options.interval;
+        while !stop() {
+            if Instant::now() < due {
+                std::thread::sleep(Duration::from_millis(20).min(due - Instant::now()));
+                continue;
+            }
+            due = Instant::now() + self.options.interval;
+            if self.control.as_ref().is_some_and(|c| c.has_pending()) {
+                tracing::debug!("checkpoint postponed: a plugin change is waiting to take effect");
+                continue;
+            }
+            if self.take(next_id, &stop) {
+                next_id += 1;
+            }
+        }
+    }
+
+    fn take(&self, id: u64, stop: &dyn Fn() -> bool) -> bool {
+        let started = Instant::now();
+        self.cuts.start(id);
+        let gathered = self.cuts.gather(id, started + Duration::from_secs(30), stop);
+        let missing = if gathered.is_none() { self.cuts.missing() } else { String::new() };
+        self.cuts.resume(id);
+        let paused = started.elapsed();
+        let Some(cut) = gathered else {
+            if !stop() {
+                self.counters.checkpoints.abandoned.fetch_add(1, Ordering::Relaxed);
+                let in_flight = self.counters.in_flight.load(Ordering::Relaxed);
+                tracing::warn!(
+                    id,
+                    "checkpoint abandoned: the workers did not all reach the cut within 30 s (missing: {missing}; rows in flight: {in_flight})"
+                );
+            }
+            return false;
+        };
+        if let Some(flush) = &self.options.flush
+            && let Err(e) = flush()
+        {
+            tracing::error!(id, "checkpoint not taken: the sinks could not write what they held: {e}");
+            return false;
+        }
+        let checkpoint = assemble(id, &self.reader.topic, self.workers, cut);
+        let positions: BTreeMap<i32, i64> = checkpoint
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.next_offset >= 0)
+            .map(|(&p, c)| (p, c.next_offset))
+            .collect();
+        let keys: usize = checkpoint.stages.iter().map(|s| s.keys.len()).sum();
+        match checkpoint::save(self.options.store.as_ref(), &checkpoint, self.options.retain) {
+            Ok(bytes) => {
+                let c = &self.counters.checkpoints;
+                c.taken.fetch_add(1, Ordering::Relaxed);
+                c.last_at_ms.store(checkpoint.taken_at_ms as u64, Ordering::Relaxed);
+                c.last_bytes.store(bytes as u64, Ordering::Relaxed);
+                c.last_pause_ns.store(paused.as_nanos() as u64, Ordering::Relaxed);
+                c.last_total_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                tracing::info!(
+                    id,
+                    bytes,
+                    keys,
+                    paused_ms = paused.as_millis() as u64,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint {id} written to {}",
+                    self.options.store.describe()
+                );
+            }
+            Err(e) => {
+                tracing::error!(id, "checkpoint not written: {e}");
+                return false;
+            }
+        }
+        // For Kafka tooling only: a restart reads the checkpoint.
+        if let Err(e) = crate::source::kafka::commit_positions(&self.reader, &positions) {
+            tracing::warn!(id, "committing the checkpoint's offsets to the consumer group: {e}");
+        }
+        true
+    }
+}
+
+fn assemble(id: u64, topic: &str, workers: usize, cut: CutState) -> Checkpoint {
+    let mut partitions = BTreeMap::new();
+    for (paused, ended) in cut.sources.into_iter().zip(cut.ended) {
+        if let Some(part) = paused.or(ended) {
+            partitions.extend(part);
+        }
+    }
+    let mut stages: Vec<StageCheckpoint> = Vec::new();
+    let mut watermarks = Vec::with_capacity(workers);
+    let mut sinks = Vec::with_capacity(workers);
+    for (worker, part) in cut.workers.into_iter().enumerate() {
+        let part = part.expect("gathered parts are complete");
+        watermarks.push(part.watermark);
+        sinks.push(part.sinks);
+        for (name, plugin, snapshot) in part.stages {
+            let stage = match stages.iter().position(|s| s.name == name) {
+                Some(i) => &mut stages[i],
+                None => {
+                    stages.push(StageCheckpoint {
+                        name,
+                        plugin,
+                        format_version: snapshot.format_version,
+                        shared: vec![Vec::new(); workers],
+                        keys: Vec::new(),
+                    });
+                    stages.last_mut().expect("just pushed")
+                }
+            };
+            stage.shared[worker] = snapshot.shared;
+            stage.keys.extend(snapshot.keys.into_iter().map(|k| KeyStateCheckpoint { key: k.key, state: k.state }));
+        }
+    }
+    let taken_at_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Checkpoint { id, taken_at_ms, topic: topic.into(), workers, partitions, watermarks, stages, sinks }
+}
+
+/// Worker `index`'s plugin states from `checkpoint`: the keys routed to it.
+pub(super) fn states_for(checkpoint: &Checkpoint, index: usize, workers: usize) -> BTreeMap<String, Snapshot> {
+    checkpoint
+        .stages
+        .iter()
+        .map(|stage| {
+            let keys = stage
+                .keys
+                .iter()
+                .filter(|k| (super::key_hash(&k.key) % workers as u64) as usize == index)
+                .map(|k| KeyState { key: k.key.clone(), state: k.state.clone() })
+                .collect();
+            let shared = stage.shared.get(index).cloned().unwrap_or_default();
+            (stage.name.clone(), Snapshot { format_version: stage.format_version, shared, keys })
+        })
+        .collect()
+}

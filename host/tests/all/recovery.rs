@@ -1,0 +1,249 @@
+//! Crash recovery: `tickfold run` killed with SIGKILL at random moments and
+//! restarted from its checkpoints writes exactly what a run that never
+//! stopped writes, to InfluxDB and to the archive.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tickfold::sink::archive::read_series;
+
+use crate::pipeline::seeded_broker_in_batches_of;
+use crate::support::{Influxd, Tansu, TempDir, plugin_wasm};
+
+/// 2 workers over topic `trades` (4 partitions): bars → RSI and VWAP, into
+/// InfluxDB database `database` and an archive, checkpoints every 300 ms.
+fn config(dir: &Path, broker: &Tansu, influx: &Influxd, database: &str) -> PathBuf {
+    let text = format!(
+        r#"
+workers = 2
+[kafka]
+brokers = "{brokers}"
+topic = "trades"
+group = "{database}"
+allowed_lateness_ms = 2000
+idle_timeout_ms = 600000
+max_batch = 200
+stop_when_idle_ms = 1500
+
+[[plugin]]
+wasm = "{ohlcv}"
+input = "trades"
+params = {{ window = "1m" }}
+rename = {{ bars = "bars_1m" }}
+
+[[plugin]]
+wasm = "{rsi}"
+input = "bars_1m"
+params = {{ period = 14 }}
+rename = {{ rsi = "rsi_14" }}
+
+[[plugin]]
+wasm = "{vwap}"
+input = "trades"
+
+[sinks]
+archive_trades = true
+
+[sinks.influx]
+url = "{url}"
+api = "v1"
+database = "{database}"
+flush_interval_ms = 50
+
+[sinks.archive]
+dir = "archive"
+roll_interval_ms = 600000
+max_rows_per_file = 1500
+
+[checkpoint]
+dir = "checkpoints"
+interval_ms = 300
+retain = 3
+"#,
+        brokers = broker.bootstrap(),
+        ohlcv = plugin_wasm("ohlcv").display(),
+        rsi = plugin_wasm("rsi").display(),
+        vwap = plugin_wasm("vwap").display(),
+        url = influx.url(),
+    );
+    let path = dir.join("tickfold.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tickfold"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("TICKFOLD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the host to end by itself; fails on a non-zero exit or after
+/// `within`.
+fn wait_ok(child: &mut Child, log: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "tickfold run failed ({status}):\n{}", std::fs::read_to_string(log).unwrap());
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickfold run did not end within {within:?}:\n{}", std::fs::read_to_string(log).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every point of every measurement, as text, by measurement.
+fn influx_contents(influx: &Influxd, database: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for measurement in ["bars_1m", "rsi_14", "vwap"] {
+        let answer = influx.query(database, &format!("SELECT * FROM \"{measurement}\" GROUP BY *"));
+        let mut points = Vec::new();
+        for series in answer["results"][0]["series"].as_array().cloned().unwrap_or_default() {
+            for row in series["values"].as_array().unwrap() {
+                points.push(format!("{} {}", series["tags"], row));
+            }
+        }
+        points.sort();
+        out.insert(measurement.to_string(), points);
+    }
+    out
+}
+
+/// An archived row with its values as bits: symbol, ts, values,
+/// partition, offset.
+type RowBits = (String, i64, Vec<u64>, Option<i32>, Option<i64>);
+
+/// Every archived row of every series, as bits, sorted.
+fn archive_contents(dir: &Path) -> BTreeMap<String, Vec<RowBits>> {
+    let mut out = BTreeMap::new();
+    for series in ["trades", "bars_1m", "rsi_14", "vwap"] {
+        let mut rows: Vec<_> = read_series(dir, series)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.symbol, r.ts, r.values.iter().map(|v| v.to_bits()).collect(), r.partition, r.offset))
+            .collect();
+        rows.sort();
+        out.insert(series.to_string(), rows);
+    }
+    out
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted_run() {
+    // One record per batch: tansu's memory engine cannot resume a fetch
+    // inside a batch (see `Scenario::produce_in_batches_of`), and every
+    // restart resumes at an arbitrary offset. Kafka itself can.
+    let (broker, scenario) = seeded_broker_in_batches_of(2027, 120_000, 1);
+    let influx = Influxd::start();
+    influx.create_database("clean");
+    influx.create_database("faulty");
+
+    // The reference: one run from start to end.
+    let clean = TempDir::new("recovery-clean");
+    let config_clean = config(clean.path(), &broker, &influx, "clean");
+    let log = clean.path().join("tickfold.log");
+    let started = Instant::now();
+    wait_ok(&mut start(&config_clean, &log), &log, Duration::from_secs(180));
+    let uninterrupted = started.elapsed();
+    eprintln!("uninterrupted run: {uninterrupted:?}");
+
+    // Killed at seeded random moments within the run, restarted each time.
+    let faulty = TempDir::new("recovery-faulty");
+    let config_faulty = config(faulty.path(), &broker, &influx, "faulty");
+    let log = faulty.path().join("tickfold.log");
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    // Checkpoints that hold state: a run's first ones may come before it
+    // has read anything, and a kill right after those would test nothing.
+    let checkpoints_written = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().filter(|l| l.contains(" written to ") && !l.contains(" keys=0 ")).count()
+    };
+    while kills < 5 {
+        let before = checkpoints_written();
+        let mut child = start(&config_faulty, &log);
+        // Once this run has written a checkpoint with state in it (so each
+        // restart gets further and restores something), at a seeded random
+        // moment within a slice of the run.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoints_written() == before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the host ended early:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint within 60 s:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after = Duration::from_millis(rng % 500);
+        std::thread::sleep(after);
+        if child.try_wait().unwrap().is_some() {
+            panic!(
+                "the host ended before kill {kills} ({after:?} after a checkpoint; a whole run takes {uninterrupted:?}); make the input larger:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let mut child = start(&config_faulty, &log);
+    wait_ok(&mut child, &log, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines().filter(|l| l.contains("restoring from") || l.contains("written to")) {
+        eprintln!("{}", line.split(" INFO ").nth(1).unwrap_or(line));
+    }
+    let restores = text.matches("restoring from checkpoint").count();
+    assert_eq!(restores, 5, "every restart restores from a checkpoint:\n{text}");
+
+    // The raw trades first: each good trade once (a cut that loses or
+    // repeats records shows here), then what the plugins made of them.
+    let (want, got) =
+        (archive_contents(&clean.path().join("archive")), archive_contents(&faulty.path().join("archive")));
+    assert_eq!(want["trades"].len(), scenario.good().len(), "every good trade archived once");
+    let influx_same: Vec<(String, bool)> = {
+        let (want, got) = (influx_contents(&influx, "clean"), influx_contents(&influx, "faulty"));
+        want.iter().map(|(m, p)| (m.clone(), *p == got[m])).collect()
+    };
+    for series in ["trades", "vwap", "bars_1m", "rsi_14"] {
+        let (rows, other) = (&want[series], &got[series]);
+        let first = rows.iter().zip(other.iter()).position(|(a, b)| a != b);
+        assert!(
+            rows == other,
+            "(InfluxDB, measurement: same: {influx_same:?}) {series}: {} archived rows after the kills, {} without; first difference at {first:?}: {:?} vs {:?}",
+            other.len(),
+            rows.len(),
+            first.map(|i| &rows[i]),
+            first.map(|i| &other[i])
+        );
+    }
+    let (want, got) = (influx_contents(&influx, "clean"), influx_contents(&influx, "faulty"));
+    for (measurement, points) in &want {
+        assert!(!points.is_empty(), "{measurement}: the reference wrote nothing");
+        let other = &got[measurement];
+        let missing: Vec<&String> = points.iter().filter(|p| !other.contains(p)).take(5).collect();
+        let extra: Vec<&String> = other.iter().filter(|p| !points.contains(p)).take(5).collect();
+        assert!(
+            points == other,
+            "{measurement}: {} points after the kills, {} without; missing e.g. {missing:#?}; extra e.g. {extra:#?}",
+            other.len(),
+            points.len()
+        );
+    }
+}
