@@ -13,10 +13,17 @@
 #   BENCH_ONLY=latency  runs (e) alone
 #   BENCH_ONLY=control  runs (c') with the admin API (hot deploys) on and off,
 #                       three times each in turn, on BENCH_TRADES (default 3M)
+#   BENCH_ONLY=checkpoint  runs (b') over 10k symbols with checkpoints every
+#                       10 s and without, twice each in turn, on BENCH_TRADES
+#                       (default 15M), and prints each checkpoint's size and time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-if [[ "${BENCH_ONLY:-}" == control ]]; then trades=${BENCH_TRADES:-3000000}; else trades=${BENCH_TRADES:-10000000}; fi
+case "${BENCH_ONLY:-}" in
+  control) trades=${BENCH_TRADES:-3000000} ;;
+  checkpoint) trades=${BENCH_TRADES:-15000000} ;;
+  *) trades=${BENCH_TRADES:-10000000} ;;
+esac
 
 scripts/install-plugin-toolchain.sh
 scripts/install-services.sh
@@ -45,6 +52,32 @@ export TICKFOLD__METRICS__LISTEN=127.0.0.1:$(free_port)
 export TICKFOLD__ADMIN__LISTEN=127.0.0.1:$(free_port)
 export TICKFOLD__ADMIN__STATE_DIR=$state/tickfold-state
 start_ms=1767623400000
+
+if [[ "${BENCH_ONLY:-}" == checkpoint ]]; then
+  # What checkpoints cost: 10k keys, a checkpoint every 10 s, against the
+  # same run without them; the VWAP is kept out of InfluxDB so that its
+  # ingest is not the limit.
+  symbols=$(seq -f "S%05g" 0 9999 | paste -sd, -)
+  create_topic ckbench 4
+  echo "== preloading $trades trades of 10000 symbols into topic ckbench (4 partitions)"
+  $tickfold produce --brokers "$BROKERS" --topic ckbench --symbols "$symbols" --trades "$trades" --rate 10000 \
+    --start-ms $start_ms --as-fast-as-possible --seed 1 2>&1 | tail -1
+  for run in 1 2; do
+    for mode in on off; do
+      rm -rf "$state/archive" "$state/checkpoints"
+      echo "== (b') run $run, checkpoints $mode"
+      if [[ $mode == on ]]; then
+        export TICKFOLD__CHECKPOINT__DIR=$state/checkpoints TICKFOLD__CHECKPOINT__INTERVAL_MS=10000
+      fi
+      TICKFOLD__KAFKA__TOPIC=ckbench TICKFOLD__WORKERS=2 TICKFOLD__KAFKA__STOP_AFTER_RECORDS=$trades \
+        TICKFOLD__SINKS__INFLUX_SKIP='["vwap"]' $tickfold bench pipeline --config examples/tickfold.toml \
+        2>"$state/ckbench.log" | head -1
+      grep -o 'checkpoint [0-9]* written.*' "$state/ckbench.log" | sed 's/ written to [^ ]*//' || true
+      unset TICKFOLD__CHECKPOINT__DIR TICKFOLD__CHECKPOINT__INTERVAL_MS
+    done
+  done
+  exit 0
+fi
 
 if [[ "${BENCH_ONLY:-}" == control ]]; then
   # What holding rows for hot deploys costs: the same file through the same

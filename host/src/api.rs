@@ -107,9 +107,7 @@ struct Ctx {
 
 /// The running API; stopped when dropped.
 pub struct AdminServer {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::http::Server,
 }
 
 impl AdminServer {
@@ -132,52 +130,22 @@ impl AdminServer {
             wait: Duration::from_millis(config.wait_ms),
             max_bytes,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(ApiError::Start)?;
-        let listener =
-            runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|source| ApiError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(ApiError::Start)?;
-        let app = router(ctx);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("admin-api".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = served.await {
-                        tracing::error!("the admin API stopped: {e}");
-                    }
-                });
-            })
-            .map_err(ApiError::Start)?;
-        tracing::info!(%addr, "admin API on http://{addr}/v1/plugins");
-        Ok(AdminServer { addr, shutdown: Some(tx), thread: Some(thread) })
+        let server = crate::http::Server::start(addr, "admin-api", router(ctx)).map_err(|e| match e {
+            crate::http::StartError::Bind(source) => ApiError::Bind { addr, source },
+            crate::http::StartError::Start(e) => ApiError::Start(e),
+        })?;
+        tracing::info!(addr = %server.addr(), "admin API on http://{}/v1/plugins", server.addr());
+        Ok(AdminServer { server })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 

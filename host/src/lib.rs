@@ -31,6 +31,7 @@ pub mod decode;
 pub mod deploy;
 pub mod exec;
 pub mod host;
+pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod plugin;

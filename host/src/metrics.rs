@@ -424,22 +424,13 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// The running endpoint; [`MetricsServer::stop`] ends it.
 pub struct MetricsServer {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::http::Server,
 }
 
 impl MetricsServer {
     /// Binds `config.listen` (here, so a bad address is an error before the
     /// run starts) and serves `/metrics` from a thread of its own.
     pub fn start(config: &MetricsConfig, sources: Sources) -> Result<MetricsServer, MetricsError> {
-        let MetricsConfig { listen } = config;
-        let bind = |source| MetricsError::Bind { addr: *listen, source };
-        let listener = std::net::TcpListener::bind(listen).map_err(bind)?;
-        listener.set_nonblocking(true).map_err(bind)?;
-        let addr = listener.local_addr().map_err(bind)?;
-        // One thread is plenty for a scrape every few seconds.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(MetricsError::Start)?;
         let registry = Arc::new(registry(sources));
         let app = axum::Router::new().route(
             "/metrics",
@@ -448,52 +439,23 @@ impl MetricsServer {
                 async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render(&registry)) }
             }),
         );
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => return tracing::error!("serving /metrics on {addr}: {e}"),
-                    };
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!("serving /metrics on {addr}: {e}");
-                    }
-                });
-            })
-            .map_err(MetricsError::Start)?;
-        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        Ok(MetricsServer { addr, shutdown: Some(shutdown), thread: Some(thread) })
+        let server = crate::http::Server::start(config.listen, "metrics", app).map_err(|e| match e {
+            crate::http::StartError::Bind(source) => MetricsError::Bind { addr: config.listen, source },
+            crate::http::StartError::Start(e) => MetricsError::Start(e),
+        })?;
+        tracing::info!("serving Prometheus metrics on http://{}/metrics", server.addr());
+        Ok(MetricsServer { server })
     }
 
     /// The address it listens on (the bound port when `listen` said 0).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops serving and waits for the thread, which lets go of the
     /// sources (the InfluxDB sink must have no other owner to close).
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 

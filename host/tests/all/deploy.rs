@@ -306,18 +306,7 @@ fn rejected_deploys_say_why_and_disturb_nothing_and_deployed_plugins_survive_a_r
     };
     let garbage = file("garbage.wasm", b"this is not webassembly at all");
     let core = file("core.wasm", b"\0asm\x01\0\0\0");
-    let future = file(
-        "future.wasm",
-        &wat::parse_str(
-            r#"(component
-                (core module $m (func (export "f")))
-                (core instance $i (instantiate $m))
-                (func $f (canon lift (core func $i "f")))
-                (instance $api (export "describe" (func $f)))
-                (export "tickfold:plugin/stream-function@0.2.0" (instance $api)))"#,
-        )
-        .unwrap(),
-    );
+    let future = file("future.wasm", &crate::support::future_contract_component());
     let mut big = std::fs::read(&fixture).unwrap();
     big.resize(big.len() + 1_000, 0);
     let big = file("big.wasm", &big);

@@ -70,15 +70,7 @@ fn a_component_of_another_world_is_refused_naming_the_missing_export() {
 
 #[test]
 fn a_plugin_of_another_contract_version_is_refused_naming_both_versions() {
-    let other = wat::parse_str(
-        r#"(component
-            (core module $m (func (export "f")))
-            (core instance $i (instantiate $m))
-            (func $f (canon lift (core func $i "f")))
-            (instance $api (export "describe" (func $f)))
-            (export "tickfold:plugin/stream-function@0.2.0" (instance $api)))"#,
-    )
-    .unwrap();
+    let other = crate::support::future_contract_component();
     let err = runtime().load("future.wasm", &other).err().expect("refused");
     let msg = err.to_string();
     assert!(matches!(err, Error::WrongVersion { .. }), "{msg}");

@@ -413,3 +413,17 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// A component that exports the plugin interface of contract version
+/// 0.2.0, which this host does not implement.
+pub fn future_contract_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api (export "describe" (func $f)))
+            (export "tickfold:plugin/stream-function@0.2.0" (instance $api)))"#,
+    )
+    .unwrap()
+}
