@@ -7,6 +7,9 @@
 #   influxdb (Debian)    InfluxDB 1.x: the v1 write and InfluxQL query APIs
 #   victoria-metrics     accepts InfluxDB's /api/v2/write: the v2 write path
 #   prometheus (Debian)  scrapes the host's /metrics
+#   docker-compose       (Debian, 1.29) validates deploy/docker-compose.yml
+#                        (`docker-compose config`); there is no Docker engine
+#                        here, and none is needed for that
 # Nothing is started here: tests start their own instances on loopback, on
 # free ports, and stop them afterwards.
 set -euo pipefail
@@ -15,7 +18,7 @@ TANSU_VERSION=0.6.0
 say() { printf 'tickfold: %s\n' "$*"; }
 
 missing=()
-for pkg in influxdb victoria-metrics prometheus; do
+for pkg in influxdb victoria-metrics prometheus docker-compose; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

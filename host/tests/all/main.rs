@@ -19,6 +19,7 @@
 mod author;
 mod cli;
 mod conformance;
+mod dashboards;
 mod deploy;
 mod end_to_end;
 mod influx;

@@ -50,7 +50,9 @@ fn prometheus_scrapes_the_hosts_counters_while_it_runs() {
     // No `stop_when_idle_ms`: the host runs until SIGTERM.
     let config = small_config(dir.path(), &broker, &influx.url(), "");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("\n[metrics]\nlisten = \"{listen}\"\n"));
+    text.push_str(&format!(
+        "\n[metrics]\nlisten = \"{listen}\"\n\n[checkpoint]\ndir = \"checkpoints\"\ninterval_ms = 500\n\n[sinks.archive]\ndir = \"archive\"\n"
+    ));
     std::fs::write(&config, text).unwrap();
     let prometheus = Prometheus::start(&listen);
 
@@ -106,6 +108,26 @@ fn prometheus_scrapes_the_hosts_counters_while_it_runs() {
     let promql = "tickfold_influx_write_duration_seconds_count - ignoring(le) tickfold_influx_write_duration_seconds_bucket{le=\"+Inf\"}";
     assert_eq!(prometheus.value(promql), Some(0.0), "the +Inf bucket holds every write");
     assert!(prometheus.value("tickfold_influx_write_duration_seconds_sum").is_some_and(|s| s > 0.0));
+    // Every metric the provisioned host dashboard queries is there.
+    let host: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::support::root().join("deploy/grafana/dashboards/host.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs = crate::dashboards::queries(&host, "expr");
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for (place, expr) in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("tickfold_") {
+            let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            let promql = format!("count({{__name__=\"{name}\"}})");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while prometheus.value(&promql).unwrap_or(0.0) == 0.0 {
+                assert!(Instant::now() < deadline, "host dashboard, {place}: Prometheus has no `{name}` ({expr})");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
     let promql = "count(tickfold_partition_lag)";
     wait_for_value(&prometheus, promql, scenario.partitions.len() as f64, deadline, guard.0, &log);
     let host_log = std::fs::read_to_string(&log).unwrap();
