@@ -203,14 +203,33 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
         child.wait().unwrap();
         kills += 1;
     }
+    // The newest checkpoint damaged (one byte flipped, as a bad disk
+    // would): the last start must notice, say so, and use the one before.
+    let dir = faulty.path().join("checkpoints");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tfck"))
+        .collect();
+    files.sort();
+    let newest = files.last().expect("checkpoints were written").clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&newest, bytes).unwrap();
     let mut child = start(&config_faulty, &log);
-    wait_ok(&mut child, &log, Duration::from_secs(60));
+    wait_ok(&mut child, &log, Duration::from_secs(120));
     let text = std::fs::read_to_string(&log).unwrap();
     for line in text.lines().filter(|l| l.contains("restoring from") || l.contains("written to")) {
         eprintln!("{}", line.split(" INFO ").nth(1).unwrap_or(line));
     }
     let restores = text.matches("restoring from checkpoint").count();
-    assert_eq!(restores, 5, "every restart restores from a checkpoint:\n{text}");
+    assert_eq!(restores, 5, "every restart after the first run restores from a checkpoint:\n{text}");
+    let name = newest.file_name().unwrap().to_string_lossy();
+    assert!(
+        text.contains(&format!("checkpoint {name} is unreadable: checksum mismatch")) && text.contains("falling back"),
+        "the damaged checkpoint is reported:\n{text}"
+    );
 
     // The raw trades first: each good trade once (a cut that loses or
     // repeats records shows here), then what the plugins made of them.
