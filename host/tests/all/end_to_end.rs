@@ -62,22 +62,7 @@ idle_timeout_ms = 600000
 max_batch = 500
 stop_when_idle_ms = 1500
 
-[[plugin]]
-wasm = "{ohlcv}"
-input = "trades"
-params = {{ window = "1m" }}
-rename = {{ bars = "bars_1m" }}
-
-[[plugin]]
-wasm = "{rsi}"
-input = "bars_1m"
-params = {{ period = 14 }}
-rename = {{ rsi = "rsi_14" }}
-
-[[plugin]]
-wasm = "{vwap}"
-input = "trades"
-
+{plugins}
 [sinks.influx]
 url = "{url}"
 api = "v1"
@@ -91,9 +76,7 @@ roll_interval_ms = 600000
 max_rows_per_file = 1500
 "#,
         brokers = broker.bootstrap(),
-        ohlcv = plugin_wasm("ohlcv").display(),
-        rsi = plugin_wasm("rsi").display(),
-        vwap = plugin_wasm("vwap").display(),
+        plugins = crate::support::bars_rsi_vwap_toml(),
         url = influx.url(),
     );
     let config_path = dir.path().join("tickfold.toml");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tickfold::sink::archive::read_series;
 
 use crate::pipeline::seeded_broker_in_batches_of;
-use crate::support::{Influxd, Tansu, TempDir, plugin_wasm};
+use crate::support::{Influxd, Tansu, TempDir};
 
 /// 2 workers over topic `trades` (4 partitions): bars → RSI and VWAP, into
 /// InfluxDB database `database` and an archive, checkpoints every 300 ms.
@@ -27,22 +27,7 @@ idle_timeout_ms = 600000
 max_batch = 200
 stop_when_idle_ms = 1500
 
-[[plugin]]
-wasm = "{ohlcv}"
-input = "trades"
-params = {{ window = "1m" }}
-rename = {{ bars = "bars_1m" }}
-
-[[plugin]]
-wasm = "{rsi}"
-input = "bars_1m"
-params = {{ period = 14 }}
-rename = {{ rsi = "rsi_14" }}
-
-[[plugin]]
-wasm = "{vwap}"
-input = "trades"
-
+{plugins}
 [sinks]
 archive_trades = true
 
@@ -63,9 +48,7 @@ interval_ms = 300
 retain = 3
 "#,
         brokers = broker.bootstrap(),
-        ohlcv = plugin_wasm("ohlcv").display(),
-        rsi = plugin_wasm("rsi").display(),
-        vwap = plugin_wasm("vwap").display(),
+        plugins = crate::support::bars_rsi_vwap_toml(),
         url = influx.url(),
     );
     let path = dir.join("tickfold.toml");

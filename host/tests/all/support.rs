@@ -427,3 +427,31 @@ pub fn future_contract_component() -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// The `[[plugin]]` tables of the tests' standard DAG, as configs write
+/// it: ohlcv over the trades (bars renamed `bars_1m`), RSI(14) over the
+/// bars (renamed `rsi_14`), and VWAP over the trades.
+pub fn bars_rsi_vwap_toml() -> String {
+    format!(
+        r#"
+[[plugin]]
+wasm = "{ohlcv}"
+input = "trades"
+params = {{ window = "1m" }}
+rename = {{ bars = "bars_1m" }}
+
+[[plugin]]
+wasm = "{rsi}"
+input = "bars_1m"
+params = {{ period = 14 }}
+rename = {{ rsi = "rsi_14" }}
+
+[[plugin]]
+wasm = "{vwap}"
+input = "trades"
+"#,
+        ohlcv = plugin_wasm("ohlcv").display(),
+        rsi = plugin_wasm("rsi").display(),
+        vwap = plugin_wasm("vwap").display(),
+    )
+}
