@@ -128,19 +128,8 @@ impl Host {
 
     /// Waits for the host to end by itself (the input went idle).
     fn wait_exit(&mut self, within: Duration) {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "tickfold run failed ({status}):\n{}", self.log());
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("tickfold run did not end within {within:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::support::wait_success(self.child.as_mut().unwrap(), &self.log, within);
+        self.child = None;
     }
 
     /// SIGTERM, then waits for the host to end.

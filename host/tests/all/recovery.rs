@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tickfold::sink::archive::read_series;
 
 use crate::pipeline::seeded_broker_in_batches_of;
-use crate::support::{Influxd, Tansu, TempDir};
+use crate::support::{Influxd, Tansu, TempDir, wait_success};
 
 /// 2 workers over topic `trades` (4 partitions): bars → RSI and VWAP, into
 /// InfluxDB database `database` and an archive, checkpoints every 300 ms.
@@ -67,23 +67,6 @@ fn start(config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
-/// Waits for the host to end by itself; fails on a non-zero exit or after
-/// `within`.
-fn wait_ok(child: &mut Child, log: &Path, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "tickfold run failed ({status}):\n{}", std::fs::read_to_string(log).unwrap());
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tickfold run did not end within {within:?}:\n{}", std::fs::read_to_string(log).unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every point of every measurement, as text, by measurement.
 fn influx_contents(influx: &Influxd, database: &str) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
@@ -135,7 +118,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     let config_clean = config(clean.path(), &broker, &influx, "clean");
     let log = clean.path().join("tickfold.log");
     let started = Instant::now();
-    wait_ok(&mut start(&config_clean, &log), &log, Duration::from_secs(180));
+    wait_success(&mut start(&config_clean, &log), &log, Duration::from_secs(180));
     let uninterrupted = started.elapsed();
     eprintln!("uninterrupted run: {uninterrupted:?}");
 
@@ -201,7 +184,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     bytes[middle] ^= 0x10;
     std::fs::write(&newest, bytes).unwrap();
     let mut child = start(&config_faulty, &log);
-    wait_ok(&mut child, &log, Duration::from_secs(120));
+    wait_success(&mut child, &log, Duration::from_secs(120));
     let text = std::fs::read_to_string(&log).unwrap();
     for line in text.lines().filter(|l| l.contains("restoring from") || l.contains("written to")) {
         eprintln!("{}", line.split(" INFO ").nth(1).unwrap_or(line));

@@ -455,3 +455,26 @@ input = "trades"
         vwap = plugin_wasm("vwap").display(),
     )
 }
+
+/// Waits for `tickfold run` (`child`, logging to `log`) to end by itself,
+/// failing with its log on a non-zero exit, or after `within` (killing it:
+/// a hung host fails the test instead of hanging CI).
+pub fn wait_success(child: &mut std::process::Child, log: &Path, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "tickfold run failed ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tickfold run did not end within {within:?}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
