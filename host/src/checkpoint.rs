@@ -136,10 +136,17 @@ impl CheckpointStore for LocalDir {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
         let io = self.io(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp).map_err(&io)?;
-        file.write_all(bytes).map_err(&io)?;
-        file.sync_all().map_err(&io)?;
-        std::fs::rename(&tmp, self.dir.join(name)).map_err(&io)?;
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(name)));
+        if let Err(e) = written {
+            // A full disk, say: leave no partial file behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         // The rename itself must survive a crash: sync the directory.
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(&io)
     }

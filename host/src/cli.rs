@@ -530,7 +530,15 @@ fn run_host(args: RunArgs) -> Result<()> {
         writeln!(out, "tickfold: archive: {} rows in {} files", a.rows_written, a.files_written)?;
     }
     if interrupted.load(Ordering::Relaxed) {
-        writeln!(out, "tickfold: stopped by a signal; open windows were not written (they were not final)")?;
+        match r.checkpoint_at_stop {
+            Some(id) => writeln!(
+                out,
+                "tickfold: stopped by a signal; checkpoint {id} holds where it stopped, open windows included: the next run resumes there"
+            )?,
+            None => {
+                writeln!(out, "tickfold: stopped by a signal; open windows were not written (they were not final)")?
+            }
+        }
     }
     if r.dead_letters_failed > 0 {
         bail!("{} dead letters were not acknowledged by the broker", r.dead_letters_failed);

@@ -112,6 +112,11 @@ pub struct KafkaConfig {
     /// partitions advance side by side.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Rows read and not yet through the plugins beyond which reading
+    /// pauses (a slow sink holds the pipeline back): the memory bound of
+    /// the backlog between the sources and the plugins.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u64,
     /// End the run once every partition has reached its end and stayed
     /// quiet this long, in ms (backfills, tests, benchmarks). Unset: run
     /// until stopped.
@@ -129,6 +134,9 @@ fn default_group() -> String {
 }
 fn default_lateness() -> i64 {
     2_000
+}
+fn default_max_in_flight() -> u64 {
+    crate::dataflow::MAX_IN_FLIGHT as u64
 }
 fn default_idle() -> u64 {
     5_000

@@ -14,7 +14,7 @@ use crate::dataflow::{self, Pipeline, ReplayOptions, RunCounters, RunOptions, Ru
 use crate::decode::Decoder;
 use crate::exec::StageSpec;
 use crate::plugin::{PluginRuntime, SandboxLimits};
-use crate::sink::archive::{Archive, ArchiveStats, ArchiveWriter};
+use crate::sink::archive::{Archive, ArchiveError, ArchiveStats, ArchiveWriter};
 use crate::sink::influx::{InfluxSink, InfluxStats, InfluxWriter};
 use crate::sink::{Fanout, SinkError, SinkWriter};
 use crate::source::Row;
@@ -165,6 +165,7 @@ pub fn run_with(
         let (influx, archive, skip) = (influx.clone(), archive.clone(), config.sinks.influx_skip.clone());
         let archive_stats = archive_stats.clone();
         let counters = counters.clone();
+        let interrupted = interrupted.clone();
         Arc::new(move |worker| {
             let mut fanout = Fanout::default();
             if let Some(sink) = &influx {
@@ -173,7 +174,12 @@ pub fn run_with(
                 fanout.add(Box::new(writer), skip.clone());
             }
             if let Some(archive) = &archive {
-                let writer = ArchiveWorker { writer: archive.writer(worker), worker, stats: archive_stats.clone() };
+                let writer = ArchiveWorker {
+                    writer: archive.writer(worker),
+                    worker,
+                    stats: archive_stats.clone(),
+                    interrupted: interrupted.clone(),
+                };
                 fanout.add(Box::new(writer), Vec::new());
             }
             Ok(fanout)
@@ -193,10 +199,9 @@ pub fn run_with(
                 ),
                 None => tracing::info!(dir = %c.dir.display(), "no checkpoint yet: starting as the config says"),
             }
-            let flush: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> = influx.as_ref().map(|sink| {
+            let flush: Option<dataflow::SinkFlush> = influx.as_ref().map(|sink| {
                 let sink = sink.clone();
-                Arc::new(move || sink.sync().map_err(|e| e.to_string()))
-                    as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+                Arc::new(move |limit| sink.sync_within(limit).map_err(|e| e.to_string())) as dataflow::SinkFlush
             });
             Some(crate::dataflow::CheckpointOptions {
                 store: Arc::new(store),
@@ -204,6 +209,8 @@ pub fn run_with(
                 retain: c.retain,
                 restore: restore.map(Arc::new),
                 flush,
+                // As long as closing the sink would try.
+                stop_flush: influx.as_ref().map_or(Duration::ZERO, |s| s.close_timeout()),
             })
         }
         (Some(_), Some(_)) => {
@@ -235,6 +242,7 @@ pub fn run_with(
         stop_when_idle: kafka.stop_when_idle_ms.map(Duration::from_millis),
         stop_after_records: kafka.stop_after_records,
         checkpoint,
+        max_in_flight: kafka.max_in_flight.min(i64::MAX as u64) as i64,
     };
     // The endpoint reads the same counters the reporter logs; it must be
     // stopped before the InfluxDB sink closes (it holds the sink).
@@ -486,11 +494,70 @@ struct ArchiveWorker {
     writer: ArchiveWriter,
     worker: usize,
     stats: Arc<Mutex<Vec<ArchiveStats>>>,
+    /// The host is stopping: stop retrying a failing write.
+    interrupted: Arc<AtomicBool>,
 }
+
+/// The longest wait between two tries of a failing archive write.
+const ARCHIVE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl ArchiveWorker {
     fn publish(&self) {
         self.stats.lock().expect("archive stats lock")[self.worker] = self.writer.stats();
+    }
+
+    /// Runs `op`, retrying while the file system refuses (a full disk, a
+    /// permission): the rows stay buffered, and this worker, and through
+    /// the sources' in-flight bound the whole pipeline, waits until there
+    /// is room. Nothing is dropped and no half-written file is left (a
+    /// failed file's temp file is removed). A stop ends the wait with the
+    /// error: the next run replays from the last checkpoint.
+    fn retrying<T>(
+        &mut self,
+        mut op: impl FnMut(&mut ArchiveWriter) -> Result<T, ArchiveError>,
+    ) -> Result<T, SinkError> {
+        let mut failing: Option<(Instant, Instant)> = None;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let result = op(&mut self.writer);
+            self.publish();
+            match result {
+                Ok(v) => {
+                    if let Some((since, _)) = failing {
+                        tracing::info!(
+                            worker = self.worker,
+                            "archive: writing again after {:.1} s of failed writes",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_retryable() && !self.interrupted.load(Ordering::Relaxed) => {
+                    let now = Instant::now();
+                    match &mut failing {
+                        None => {
+                            tracing::error!(
+                                worker = self.worker,
+                                "archive: {e}; retrying until it succeeds: this worker waits meanwhile, and nothing is dropped"
+                            );
+                            failing = Some((now, now));
+                        }
+                        Some((since, said)) if now.duration_since(*said) >= Duration::from_secs(30) => {
+                            tracing::error!(
+                                worker = self.worker,
+                                "archive: still failing after {:.0} s: {e}",
+                                now.duration_since(*since).as_secs_f64()
+                            );
+                            *said = now;
+                        }
+                        Some(_) => {}
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(ARCHIVE_RETRY_MAX);
+                }
+                Err(e) => return Err(SinkError::new("archive", e)),
+            }
+        }
     }
 }
 
@@ -503,6 +570,8 @@ impl SinkWriter for ArchiveWorker {
         ts: i64,
         values: &[f64],
     ) -> Result<(), SinkError> {
+        // Buffers only: files are written by `advance`, `finish` and
+        // `checkpoint`.
         self.writer.write(series, fields, symbol, ts, values).map_err(|e| SinkError::new("archive", e))
     }
 
@@ -513,20 +582,19 @@ impl SinkWriter for ArchiveWorker {
     }
 
     fn advance(&mut self, watermark: i64) -> Result<(), SinkError> {
-        let result = self.writer.advance(watermark).map_err(|e| SinkError::new("archive", e));
-        self.publish();
-        result
+        // A failed `advance` keeps the unwritten buckets: calling it again
+        // retries them under the same names.
+        self.retrying(|w| w.advance(watermark))
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        let result = self.writer.finish().map_err(|e| SinkError::new("archive", e));
-        self.publish();
-        result
+        self.retrying(ArchiveWriter::finish)
     }
 
     fn checkpoint(&mut self, cut: &mut crate::sink::SinkCut) -> Result<(), SinkError> {
-        cut.archive = Some(self.writer.checkpoint().map_err(|e| SinkError::new("archive", e))?);
-        self.publish();
+        // Buckets written by a failed try are empty on the next, which
+        // then reports their parts as they stand.
+        cut.archive = Some(self.retrying(ArchiveWriter::checkpoint)?);
         Ok(())
     }
 

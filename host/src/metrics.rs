@@ -382,6 +382,13 @@ impl Collector for HostCollector {
             counter(&mut e, "archive_rows_written", "Rows in Parquet files renamed into place.", None, a.rows_written)?;
             counter(&mut e, "archive_files_written", "Parquet files renamed into place.", None, a.files_written)?;
             counter(&mut e, "archive_written", "Bytes of those files.", Some(&Unit::Bytes), a.bytes_written)?;
+            counter(
+                &mut e,
+                "archive_write_failures",
+                "Parquet file writes that failed (a full disk, say) and are retried; the rows stay buffered.",
+                None,
+                a.failed_writes,
+            )?;
             gauge(
                 &mut e,
                 "archive_rows_buffered",
@@ -401,6 +408,7 @@ pub fn sum_archive(per_worker: &[ArchiveStats]) -> ArchiveStats {
         files_written: a.files_written + s.files_written,
         bytes_written: a.bytes_written + s.bytes_written,
         buffered_rows: a.buffered_rows + s.buffered_rows,
+        failed_writes: a.failed_writes + s.failed_writes,
     })
 }
 
@@ -487,8 +495,8 @@ mod tests {
     fn metrics_text_has_the_counters_values() {
         let counters = known_counters();
         let archive = Arc::new(Mutex::new(vec![
-            ArchiveStats { rows_written: 10, files_written: 1, bytes_written: 400, buffered_rows: 3 },
-            ArchiveStats { rows_written: 5, files_written: 2, bytes_written: 100, buffered_rows: 0 },
+            ArchiveStats { rows_written: 10, files_written: 1, bytes_written: 400, buffered_rows: 3, failed_writes: 0 },
+            ArchiveStats { rows_written: 5, files_written: 2, bytes_written: 100, buffered_rows: 0, failed_writes: 4 },
         ]));
         let registry = registry(Sources {
             counters: counters.clone(),
@@ -512,6 +520,7 @@ mod tests {
             ("tickfold_archive_files_written_total", 3.0),
             ("tickfold_archive_written_bytes_total", 500.0),
             ("tickfold_archive_rows_buffered", 3.0),
+            ("tickfold_archive_write_failures_total", 4.0),
         ];
         for (series, value) in expect {
             assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");

@@ -22,7 +22,17 @@
 //!
 //! A checkpoint that cannot complete in time (a deploy waiting for the
 //! stream, say) is abandoned: the sources go on and the next one is tried
-//! an interval later.
+//! an interval later, under a new id.
+//!
+//! **Stopping.** On SIGTERM (or SIGINT) the sources stop reading at once
+//! but keep their capabilities; the coordinator takes a last checkpoint of
+//! that position (InfluxDB given `stop_flush` to write what it holds), then
+//! closes the cuts, and only then do the sources end. The next run resumes
+//! exactly there: nothing is read twice, and open windows, which a stop
+//! must not close, are in the plugins' state. When the last checkpoint
+//! cannot be taken (a plugin change waiting for the stream, InfluxDB
+//! down, a failed worker) the stop says so, and the next run resumes from
+//! the one before, processing the records since again: slower, not wrong.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +45,10 @@ use crate::plugin::{KeyState, Snapshot};
 use crate::sink::SinkCut;
 use crate::source::kafka::ReaderOptions;
 
+/// Writes what a sink's own thread holds, waiting at most the given time;
+/// true when all is written.
+pub type SinkFlush = Arc<dyn Fn(Duration) -> Result<bool, String> + Send + Sync>;
+
 /// How a Kafka run checkpoints.
 #[derive(Clone)]
 pub struct CheckpointOptions {
@@ -46,8 +60,11 @@ pub struct CheckpointOptions {
     /// Start from this checkpoint.
     pub restore: Option<Arc<Checkpoint>>,
     /// Writes everything the sinks' own threads hold (InfluxDB), before a
-    /// checkpoint is declared complete.
-    pub flush: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// checkpoint is declared complete: waits at most the given time, and
+    /// says whether all is written.
+    pub flush: Option<SinkFlush>,
+    /// How long the last checkpoint, on a stop, waits for `flush`.
+    pub stop_flush: Duration,
 }
 
 impl std::fmt::Debug for CheckpointOptions {
@@ -57,6 +74,7 @@ impl std::fmt::Debug for CheckpointOptions {
             .field("interval", &self.interval)
             .field("retain", &self.retain)
             .field("restore", &self.restore.as_ref().map(|c| c.id))
+            .field("stop_flush", &self.stop_flush)
             .finish()
     }
 }
@@ -66,12 +84,28 @@ impl std::fmt::Debug for CheckpointOptions {
 pub struct CheckpointCounters {
     pub taken: AtomicU64,
     pub abandoned: AtomicU64,
+    /// The id of the checkpoint taken as the run stopped (0: none).
+    pub at_stop: AtomicU64,
+    /// The id of the last complete one (0: none yet in this run).
+    pub last_id: AtomicU64,
     /// The last complete one: wall-clock time (ms), bytes, and how long the
     /// workers were paused and the whole took (ns).
     pub last_at_ms: AtomicU64,
     pub last_bytes: AtomicU64,
     pub last_pause_ns: AtomicU64,
     pub last_total_ns: AtomicU64,
+}
+
+impl CheckpointCounters {
+    /// The last complete checkpoint of this run.
+    pub fn last_id(&self) -> Option<u64> {
+        Some(self.last_id.load(Ordering::Relaxed)).filter(|&id| id > 0)
+    }
+
+    /// The checkpoint taken as the run stopped.
+    pub fn at_stop(&self) -> Option<u64> {
+        Some(self.at_stop.load(Ordering::Relaxed)).filter(|&id| id > 0)
+    }
 }
 
 /// One worker's part of a checkpoint.
@@ -102,6 +136,8 @@ impl CutState {
 pub(super) struct Cuts {
     requested: AtomicU64,
     resumed: AtomicU64,
+    /// No more checkpoints: stopping sources may end.
+    closed: AtomicBool,
     /// Workers whose source reads partitions (the others have none to
     /// pause).
     readers: Vec<bool>,
@@ -116,6 +152,7 @@ impl Cuts {
         Cuts {
             requested: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             readers,
             state: Mutex::new(CutState {
                 id: 0,
@@ -147,6 +184,17 @@ impl Cuts {
     pub fn pause_for(&self, paused: u64) -> Option<u64> {
         let id = self.requested.load(Ordering::Acquire);
         (id > paused && id > self.resumed.load(Ordering::Acquire)).then_some(id)
+    }
+
+    /// True once the run takes no more checkpoints (the one on a stop is
+    /// taken, or given up): a stopping source may end.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_all();
     }
 
     /// True while the source that paused for `paused` must stay paused.
@@ -264,18 +312,39 @@ pub(super) struct Coordinator {
     pub workers: usize,
     pub control: Option<Arc<ControlPlane>>,
     pub counters: Arc<super::RunCounters>,
-    /// The run is over (or stopping): no more checkpoints.
+    /// The run is over: no more checkpoints.
     pub done: Arc<AtomicBool>,
+    /// The host is stopping (a signal, or a failure): one last checkpoint.
     pub interrupted: Arc<AtomicBool>,
+    /// A worker failed: its state is not to be trusted for a checkpoint.
+    pub failed: Box<dyn Fn() -> bool + Send>,
 }
 
+struct CloseOnDrop(Arc<Cuts>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// How long the workers get to reach a cut before it is abandoned.
+const GATHER_WITHIN: Duration = Duration::from_secs(30);
+
 impl Coordinator {
-    /// Takes a checkpoint every interval until the run ends.
+    /// Takes a checkpoint every interval until the run ends, and one more
+    /// when it stops.
     pub fn run(self) {
+        // Every attempt gets a new id, so that sources and workers that
+        // took part in an abandoned one take part in the next.
         let mut next_id = self.options.restore.as_ref().map_or(0, |c| c.id) + 1;
-        let stop = || self.done.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed);
+        let stopping = || self.interrupted.load(Ordering::Relaxed);
+        let ended = || self.done.load(Ordering::Relaxed);
+        // However this ends (a panic included), stopping sources must not
+        // wait for a checkpoint that will never come.
+        let _close = CloseOnDrop(self.cuts.clone());
         let mut due = Instant::now() + self.options.interval;
-        while !stop() {
+        while !ended() && !stopping() {
             if Instant::now() < due {
                 std::thread::sleep(Duration::from_millis(20).min(due - Instant::now()));
                 continue;
@@ -285,35 +354,91 @@ impl Coordinator {
                 tracing::debug!("checkpoint postponed: a plugin change is waiting to take effect");
                 continue;
             }
-            if self.take(next_id, &stop) {
-                next_id += 1;
-            }
+            self.take(next_id, false);
+            next_id += 1;
+        }
+        if stopping() && !ended() {
+            self.last(next_id);
         }
     }
 
-    fn take(&self, id: u64, stop: &dyn Fn() -> bool) -> bool {
+    /// The checkpoint of the position where the sources stopped.
+    fn last(&self, id: u64) {
+        let previous = self.counters.checkpoints.last_id().or(self.options.restore.as_ref().map(|c| c.id));
+        let resume = match previous {
+            Some(p) => format!("the next run resumes from checkpoint {p} and processes the records since again"),
+            None => "the next run starts as the config says".to_string(),
+        };
+        if (self.failed)() {
+            tracing::warn!("no checkpoint on this stop: a worker failed; {resume}");
+            return;
+        }
+        if self.control.as_ref().is_some_and(|c| c.has_pending()) {
+            tracing::warn!("no checkpoint on this stop: a plugin change is waiting for the stream; {resume}");
+            return;
+        }
+        tracing::info!(id, "stopping: taking a last checkpoint of where the sources stopped");
+        if self.take(id, true) {
+            self.counters.checkpoints.at_stop.store(id, Ordering::Relaxed);
+            tracing::info!(id, "checkpoint {id} taken on stopping: the next run resumes exactly there");
+        } else {
+            tracing::warn!(id, "the checkpoint on stopping was not taken; {resume}");
+        }
+    }
+
+    /// Takes checkpoint `id`; `last` on a stop (the sources have stopped
+    /// for good, and InfluxDB gets `stop_flush` to write what it holds).
+    fn take(&self, id: u64, last: bool) -> bool {
         let started = Instant::now();
+        // A regular cut gives way to a stop (which takes its own); the last
+        // one gives way only to a failure or the end of the run.
+        let give_up = || {
+            self.done.load(Ordering::Relaxed) || (self.interrupted.load(Ordering::Relaxed) && !last) || (self.failed)()
+        };
         self.cuts.start(id);
-        let gathered = self.cuts.gather(id, started + Duration::from_secs(30), stop);
+        let gathered = self.cuts.gather(id, started + GATHER_WITHIN, &give_up);
         let missing = if gathered.is_none() { self.cuts.missing() } else { String::new() };
         self.cuts.resume(id);
         let paused = started.elapsed();
         let Some(cut) = gathered else {
-            if !stop() {
+            if !give_up() {
                 self.counters.checkpoints.abandoned.fetch_add(1, Ordering::Relaxed);
                 let in_flight = self.counters.in_flight.load(Ordering::Relaxed);
                 tracing::warn!(
                     id,
-                    "checkpoint abandoned: the workers did not all reach the cut within 30 s (missing: {missing}; rows in flight: {in_flight})"
+                    "checkpoint abandoned: the workers did not all reach the cut within {} s (missing: {missing}; rows in flight: {in_flight})",
+                    GATHER_WITHIN.as_secs()
                 );
             }
             return false;
         };
-        if let Some(flush) = &self.options.flush
-            && let Err(e) = flush()
-        {
-            tracing::error!(id, "checkpoint not taken: the sinks could not write what they held: {e}");
-            return false;
+        if let Some(flush) = &self.options.flush {
+            // InfluxDB may be down for a while: a regular checkpoint waits
+            // for it (the sources go on meanwhile, up to the buffer's
+            // back-pressure), until the host stops.
+            let deadline = last.then(|| Instant::now() + self.options.stop_flush);
+            loop {
+                match flush(Duration::from_millis(200)) {
+                    Ok(true) => break,
+                    Ok(false) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        tracing::error!(
+                            id,
+                            "checkpoint not taken: InfluxDB did not take the points before the cut within {} ms",
+                            self.options.stop_flush.as_millis()
+                        );
+                        return false;
+                    }
+                    Ok(false) if give_up() => {
+                        tracing::warn!(id, "checkpoint not taken: stopping while InfluxDB is still behind the cut");
+                        return false;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(id, "checkpoint not taken: the sinks could not write what they held: {e}");
+                        return false;
+                    }
+                }
+            }
         }
         let checkpoint = assemble(id, &self.reader.topic, self.workers, cut);
         let positions: BTreeMap<i32, i64> = checkpoint
@@ -327,6 +452,7 @@ impl Coordinator {
             Ok(bytes) => {
                 let c = &self.counters.checkpoints;
                 c.taken.fetch_add(1, Ordering::Relaxed);
+                c.last_id.store(id, Ordering::Relaxed);
                 c.last_at_ms.store(checkpoint.taken_at_ms as u64, Ordering::Relaxed);
                 c.last_bytes.store(bytes as u64, Ordering::Relaxed);
                 c.last_pause_ns.store(paused.as_nanos() as u64, Ordering::Relaxed);

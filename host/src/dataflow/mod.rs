@@ -30,7 +30,7 @@ use timely::dataflow::operators::generic::operator::source;
 
 mod checkpoints;
 
-pub use checkpoints::{CheckpointCounters, CheckpointOptions};
+pub use checkpoints::{CheckpointCounters, CheckpointOptions, SinkFlush};
 
 use crate::decode::Decoder;
 use crate::deploy::{Applied, Change, ControlPlane};
@@ -108,8 +108,8 @@ pub struct RunCounters {
     pub checkpoints: CheckpointCounters,
 }
 
-/// Rows in flight (read, not yet processed) beyond which the Kafka sources
-/// stop reading until the chains catch up. Timely's channels are unbounded:
+/// Rows in flight (read, not yet processed) beyond which the sources stop
+/// reading until the chains catch up (by default; `[kafka] max_in_flight`). Timely's channels are unbounded:
 /// without this a source runs ahead of a worker held back by its sinks and
 /// fills memory with the backlog.
 pub const MAX_IN_FLIGHT: i64 = 200_000;
@@ -396,6 +396,9 @@ pub struct RunOptions {
     pub stop_after_records: Option<u64>,
     /// Take checkpoints (and start from the one given).
     pub checkpoint: Option<CheckpointOptions>,
+    /// Rows read and not yet through a chain beyond which the sources
+    /// pause ([`MAX_IN_FLIGHT`] by default).
+    pub max_in_flight: i64,
 }
 
 /// What a run did.
@@ -412,11 +415,14 @@ pub struct RunStats {
     pub samples_out: u64,
     /// Per partition, the next offset to read.
     pub positions: BTreeMap<i32, i64>,
+    /// The checkpoint taken as the run stopped on a signal, if any.
+    pub checkpoint_at_stop: Option<u64>,
 }
 
 /// Runs the pipeline over every partition of the topic until the input
 /// ends (`stop_when_idle`) or `interrupted` is set. On interruption, open
-/// windows stay open (they are not final), and the sinks write what they
+/// windows stay open (they are not final), a last checkpoint is taken where
+/// the sources stopped (with `[checkpoint]`), and the sinks write what they
 /// hold.
 pub fn run(
     options: &RunOptions,
@@ -432,6 +438,7 @@ pub fn run(
         None => None,
     };
     let workers = options.workers.max(1);
+    let max_in_flight = options.max_in_flight.max(1);
     tracing::info!(
         topic = %reader.topic, partitions, workers,
         "reading {partitions} partitions on {workers} workers"
@@ -466,6 +473,10 @@ pub fn run(
                 counters: counters.clone(),
                 done: run_done.clone(),
                 interrupted: interrupted.clone(),
+                failed: {
+                    let shared = shared.clone();
+                    Box::new(move || shared.failure.lock().expect("failure lock").is_some())
+                },
             };
             Some(std::thread::Builder::new().name("checkpoints".into()).spawn(move || coordinator.run()).map_err(
                 |e| DataflowError::Workers { workers, reason: format!("starting the checkpoint thread: {e}") },
@@ -551,6 +562,17 @@ pub fn run(
                         return;
                     };
                     if shared.interrupted.load(Ordering::Relaxed) {
+                        // Stopping: read nothing more. With checkpoints,
+                        // stay paused here (keeping the capability, so no
+                        // window closes) until the last one is taken.
+                        if let Some(cuts) = shared.cuts.as_ref().filter(|c| !c.closed()) {
+                            if let Some(id) = cuts.pause_for(paused) {
+                                paused = id;
+                                cuts.source_paused(index, id, reader.checkpoint());
+                            }
+                            activator.activate_after(Duration::from_millis(5));
+                            return;
+                        }
                         record_positions(&positions, reader);
                         capability = None;
                         shared.source_done(&mut done);
@@ -568,7 +590,7 @@ pub fn run(
                             return;
                         }
                     }
-                    if shared.counters.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+                    if shared.counters.in_flight.load(Ordering::Relaxed) > max_in_flight {
                         // The chains are behind (held back by a sink):
                         // let the broker keep the backlog, not our memory.
                         activator.activate_after(Duration::from_millis(1));
@@ -661,6 +683,7 @@ pub fn run(
         dead_letters_failed,
         samples_out: counters.samples_out.load(Ordering::Relaxed),
         positions: positions.lock().expect("positions lock").clone(),
+        checkpoint_at_stop: counters.checkpoints.at_stop(),
     })
 }
 

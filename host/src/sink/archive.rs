@@ -243,6 +243,8 @@ pub struct ArchiveStats {
     pub bytes_written: u64,
     /// Rows held in buckets the watermark has not closed yet.
     pub buffered_rows: u64,
+    /// File writes that failed (and left their rows buffered for a retry).
+    pub failed_writes: u64,
 }
 
 /// An archive directory, checked and ready to hand out one writer per worker.
@@ -538,6 +540,7 @@ impl ArchiveWriter {
                     }
                     Err(e) => {
                         self.series[s].buckets.push(bucket);
+                        self.stats.failed_writes += 1;
                         return Err(e);
                     }
                 }
@@ -566,6 +569,7 @@ impl ArchiveWriter {
                     Ok(done) => done,
                     Err(e) => {
                         self.series[s].buckets[b] = bucket;
+                        self.stats.failed_writes += 1;
                         return Err(e);
                     }
                 };

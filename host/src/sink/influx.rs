@@ -227,6 +227,16 @@ impl InfluxSink {
     /// them without waiting for the flush interval. While the server is
     /// down this waits for it, as writers do.
     pub fn sync(&self) -> Result<(), InfluxError> {
+        while !self.sync_within(Duration::from_secs(3600))? {}
+        Ok(())
+    }
+
+    /// [`sync`](Self::sync), waiting at most `limit`: true when every point
+    /// handed over before the call is settled, false if some are not yet
+    /// (the server is down or slow; they stay buffered and will be
+    /// written).
+    pub fn sync_within(&self, limit: Duration) -> Result<bool, InfluxError> {
+        let deadline = Instant::now() + limit;
         let mut state = self.shared.lock();
         let target = state.handed;
         state.flush_through = state.flush_through.max(target);
@@ -235,9 +245,19 @@ impl InfluxSink {
             if state.stopped.is_some() {
                 return Err(InfluxError::Stopped { points: state.handed - state.settled });
             }
-            state = self.shared.to_writers.wait(state).unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            state =
+                self.shared.to_writers.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// How long [`close`](Self::close) keeps trying.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
     }
 
     /// The counts so far.

@@ -346,6 +346,7 @@ fn run_options(broker: &Tansu) -> RunOptions {
         stop_when_idle: None,
         stop_after_records: None,
         checkpoint: None,
+        max_in_flight: tickfold::dataflow::MAX_IN_FLIGHT,
     }
 }
 

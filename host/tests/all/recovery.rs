@@ -12,9 +12,18 @@ use tickfold::sink::archive::read_series;
 use crate::pipeline::seeded_broker_in_batches_of;
 use crate::support::{Influxd, Tansu, TempDir, wait_success};
 
+/// Settings added to `[kafka]` and `[sinks.influx]`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Extra {
+    pub kafka: &'static str,
+    pub influx: &'static str,
+}
+
 /// 2 workers over topic `trades` (4 partitions): bars → RSI and VWAP, into
-/// InfluxDB database `database` and an archive, checkpoints every 300 ms.
-fn config(dir: &Path, broker: &Tansu, influx: &Influxd, database: &str) -> PathBuf {
+/// InfluxDB database `database` (with `influx_extra` settings) and an
+/// archive in `dir/archive`, checkpoints every 300 ms.
+pub(crate) fn config(dir: &Path, broker: &Tansu, influx: &Influxd, database: &str, extra: Extra) -> PathBuf {
+    let Extra { kafka: kafka_extra, influx: influx_extra } = extra;
     let text = format!(
         r#"
 workers = 2
@@ -26,6 +35,7 @@ allowed_lateness_ms = 2000
 idle_timeout_ms = 600000
 max_batch = 200
 stop_when_idle_ms = 1500
+{kafka_extra}
 
 {plugins}
 [sinks]
@@ -36,6 +46,7 @@ url = "{url}"
 api = "v1"
 database = "{database}"
 flush_interval_ms = 50
+{influx_extra}
 
 [sinks.archive]
 dir = "archive"
@@ -56,7 +67,7 @@ retain = 3
     path
 }
 
-fn start(config: &Path, log: &Path) -> Child {
+pub(crate) fn start(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tickfold"))
         .args(["run", "--config"])
         .arg(config)
@@ -115,7 +126,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
 
     // The reference: one run from start to end.
     let clean = TempDir::new("recovery-clean");
-    let config_clean = config(clean.path(), &broker, &influx, "clean");
+    let config_clean = config(clean.path(), &broker, &influx, "clean", Extra::default());
     let log = clean.path().join("tickfold.log");
     let started = Instant::now();
     wait_success(&mut start(&config_clean, &log), &log, Duration::from_secs(180));
@@ -124,7 +135,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
 
     // Killed at seeded random moments within the run, restarted each time.
     let faulty = TempDir::new("recovery-faulty");
-    let config_faulty = config(faulty.path(), &broker, &influx, "faulty");
+    let config_faulty = config(faulty.path(), &broker, &influx, "faulty", Extra::default());
     let log = faulty.path().join("tickfold.log");
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
@@ -197,13 +208,18 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
         "the damaged checkpoint is reported:\n{text}"
     );
 
+    assert_same_outputs(&influx, &clean.path().join("archive"), &faulty.path().join("archive"), scenario.good().len());
+}
+
+/// The faulty run's InfluxDB database and archive (`faulty`) hold exactly
+/// what the clean run's do (`clean`); the clean archive holds `good` trades.
+pub(crate) fn assert_same_outputs(influx: &Influxd, clean: &Path, faulty: &Path, good: usize) {
     // The raw trades first: each good trade once (a cut that loses or
     // repeats records shows here), then what the plugins made of them.
-    let (want, got) =
-        (archive_contents(&clean.path().join("archive")), archive_contents(&faulty.path().join("archive")));
-    assert_eq!(want["trades"].len(), scenario.good().len(), "every good trade archived once");
+    let (want, got) = (archive_contents(clean), archive_contents(faulty));
+    assert_eq!(want["trades"].len(), good, "every good trade archived once");
     let influx_same: Vec<(String, bool)> = {
-        let (want, got) = (influx_contents(&influx, "clean"), influx_contents(&influx, "faulty"));
+        let (want, got) = (influx_contents(influx, "clean"), influx_contents(influx, "faulty"));
         want.iter().map(|(m, p)| (m.clone(), *p == got[m])).collect()
     };
     for series in ["trades", "vwap", "bars_1m", "rsi_14"] {
@@ -218,7 +234,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
             first.map(|i| &other[i])
         );
     }
-    let (want, got) = (influx_contents(&influx, "clean"), influx_contents(&influx, "faulty"));
+    let (want, got) = (influx_contents(influx, "clean"), influx_contents(influx, "faulty"));
     for (measurement, points) in &want {
         assert!(!points.is_empty(), "{measurement}: the reference wrote nothing");
         let other = &got[measurement];

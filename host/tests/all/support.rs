@@ -115,38 +115,58 @@ impl Drop for TempDir {
     }
 }
 
-/// A real Kafka-protocol broker (tansu, memory storage) on a free loopback
-/// port, stopped when dropped. Installed by scripts/install-services.sh.
+/// A real Kafka-protocol broker (tansu) on a free loopback port, stopped
+/// when dropped: in memory, or durable in a SQLite file (libsql) and then
+/// restartable with what it held. Installed by scripts/install-services.sh.
 pub struct Tansu {
     child: std::process::Child,
     pub port: u16,
+    /// The durable engine's directory (the broker runs there).
+    durable: Option<PathBuf>,
 }
 
 impl Tansu {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::spawn(free_port(), None)
+    }
+
+    /// Storing in `dir/tansu.db`, which outlives a [`restart`](Self::restart).
+    pub fn start_durable(dir: &Path) -> Self {
+        Self::spawn(free_port(), Some(dir.to_path_buf()))
+    }
+
+    fn spawn(port: u16, durable: Option<PathBuf>) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let mut command = Command::new("tansu");
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"]);
+        match &durable {
+            // The SQLite path is relative to the broker's directory.
+            Some(dir) => command.arg("sqlite://tansu.db").current_dir(dir),
+            None => command.arg("memory://tansu/"),
+        };
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("tansu is missing: run scripts/install-services.sh");
-        let broker = Tansu { child, port };
+        let broker = Tansu { child, port, durable };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "tansu did not listen on {port} within 30 s");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         broker
+    }
+
+    /// Kills the broker (SIGKILL: a crash, not a clean stop), waits `down`,
+    /// and starts it again on the same port with the same storage.
+    pub fn restart(&mut self, down: std::time::Duration) {
+        let durable = self.durable.clone().expect("only a durable broker keeps its topics over a restart");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let again = Self::spawn(self.port, Some(durable));
+        *self = again;
     }
 
     /// `host:port`, for clients.
@@ -168,6 +188,42 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A small tmpfs mounted on a directory, unmounted when dropped: a disk
+/// that fills up. Needs root (as the test machines run).
+pub struct SmallDisk {
+    pub dir: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(dir: &Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a {bytes}-byte tmpfs on {} (the disk-full test needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir: dir.to_path_buf() }
+    }
+
+    /// Bytes still free.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&self.dir).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
@@ -197,6 +253,8 @@ fn wait_until_up(service: &str, url: &str, log: &Path) {
 pub struct Influxd {
     child: std::process::Child,
     pub port: u16,
+    config: PathBuf,
+    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -237,17 +295,34 @@ bind-address = "127.0.0.1:{rpc}"
         let config_path = dir.path().join("influxdb.conf");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("influxd.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new("/usr/bin/influxd")
+        let child = Self::spawn(&config_path, &log_path);
+        let server = Influxd { child, port, config: config_path, log: log_path, _dir: dir };
+        wait_until_up("influxd", &format!("{}/ping", server.url()), &server.log);
+        server
+    }
+
+    fn spawn(config: &Path, log: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new("/usr/bin/influxd")
             .arg("-config")
-            .arg(&config_path)
+            .arg(config)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("/usr/bin/influxd is missing: run scripts/install-services.sh");
-        let server = Influxd { child, port, _dir: dir };
-        wait_until_up("influxd", &format!("{}/ping", server.url()), &log_path);
-        server
+            .expect("/usr/bin/influxd is missing: run scripts/install-services.sh")
+    }
+
+    /// Stops the server (cleanly: its data stays); clients find nothing
+    /// listening until [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn(&self.config, &self.log);
+        wait_until_up("influxd", &format!("{}/ping", self.url()), &self.log);
     }
 
     pub fn url(&self) -> String {
