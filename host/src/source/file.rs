@@ -60,11 +60,15 @@ type JsonRecord = (u64, serde_json::Map<String, serde_json::Value>);
 
 enum Reader {
     Csv {
-        records: csv::StringRecordsIntoIter<File>,
+        reader: csv::Reader<File>,
+        /// The record being read, reused (one allocation per file, not per
+        /// row).
+        record: csv::StringRecord,
+        /// `record` holds the first row, read by `open` to find the fields.
+        first: bool,
         symbol: usize,
         ts: usize,
         columns: Vec<usize>,
-        first: Option<csv::StringRecord>,
     },
     Jsonl {
         lines: std::io::Lines<BufReader<File>>,
@@ -105,17 +109,20 @@ impl FileSource {
         let mut chunk = Chunk::with_fields(self.fields.len());
         let path = &self.path;
         match &mut self.reader {
-            Reader::Csv { records, symbol, ts, columns, first } => {
+            Reader::Csv { reader, record, first, symbol, ts, columns } => {
                 while chunk.len() < self.chunk_rows {
-                    let record = match first.take() {
-                        Some(r) => r,
-                        None => match records.next() {
-                            Some(r) => r.map_err(|e| bad(path, e.position().map_or(0, |p| p.line()), e.to_string()))?,
-                            None => break,
-                        },
-                    };
+                    if !std::mem::take(first) {
+                        let more = reader
+                            .read_record(record)
+                            .map_err(|e| bad(path, e.position().map_or(0, |p| p.line()), e.to_string()))?;
+                        if !more {
+                            break;
+                        }
+                    }
                     let line = record.position().map_or(0, |p| p.line());
-                    let sym = record.get(*symbol).unwrap_or_default();
+                    // Fields are trimmed here rather than by the reader,
+                    // which would trim every field of every row.
+                    let sym = record.get(*symbol).unwrap_or_default().trim();
                     let t = record.get(*ts).unwrap_or_default();
                     let t = t
                         .trim()
@@ -200,19 +207,19 @@ fn field_name(column: &str) -> String {
 }
 
 fn open_csv(path: &Path, file: File) -> Result<(Vec<String>, Reader), FileError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let mut reader = csv::ReaderBuilder::new().buffer_capacity(1 << 18).from_reader(file);
     let header: Vec<String> =
-        reader.headers().map_err(|e| bad(path, 1, e.to_string()))?.iter().map(str::to_string).collect();
+        reader.headers().map_err(|e| bad(path, 1, e.to_string()))?.iter().map(|h| h.trim().to_string()).collect();
     let symbol = find(&header, &SYMBOL_NAMES).ok_or_else(|| missing(path, "symbol", &SYMBOL_NAMES))?;
     let ts = find(&header, &TS_NAMES).ok_or_else(|| missing(path, "timestamp", &TS_NAMES))?;
-    let mut records = reader.into_records();
-    let first = records.next().transpose().map_err(|e| bad(path, 2, e.to_string()))?;
+    let mut record = csv::StringRecord::new();
+    let first = reader.read_record(&mut record).map_err(|e| bad(path, 2, e.to_string()))?;
     let columns: Vec<usize> = (0..header.len())
         .filter(|&c| c != symbol && c != ts)
-        .filter(|&c| first.as_ref().is_some_and(|r| r.get(c).is_some_and(|v| v.trim().parse::<f64>().is_ok())))
+        .filter(|&c| first && record.get(c).is_some_and(|v| v.trim().parse::<f64>().is_ok()))
         .collect();
     let fields = columns.iter().map(|&c| field_name(&header[c])).collect();
-    Ok((fields, Reader::Csv { records, symbol, ts, columns, first }))
+    Ok((fields, Reader::Csv { reader, record, first, symbol, ts, columns }))
 }
 
 fn next_json(
