@@ -170,7 +170,7 @@ pub fn run_with(
             let mut fanout = Fanout::default();
             if let Some(sink) = &influx {
                 let timed = counters.profile.load(Ordering::Relaxed);
-                let writer = InfluxWorker { writer: sink.writer(), counters: counters.clone(), timed };
+                let writer = InfluxWorker { writer: sink.writer(), counters: counters.clone(), timed, waited_ns: 0 };
                 fanout.add(Box::new(writer), skip.clone());
             }
             if let Some(archive) = &archive {
@@ -435,6 +435,8 @@ struct InfluxWorker {
     counters: Arc<RunCounters>,
     /// Time each write (`tickfold bench`).
     timed: bool,
+    /// Per-sample writes' waits not yet taken by the fanout.
+    waited_ns: u64,
 }
 
 impl InfluxWorker {
@@ -467,8 +469,13 @@ impl SinkWriter for InfluxWorker {
             && took > Duration::from_micros(50)
         {
             self.counters.times.sink_wait_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.waited_ns += took.as_nanos() as u64;
         }
         result
+    }
+
+    fn take_wait_ns(&mut self) -> u64 {
+        std::mem::take(&mut self.waited_ns)
     }
 
     fn advance(&mut self, _: i64) -> Result<(), SinkError> {
