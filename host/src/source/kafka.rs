@@ -389,6 +389,9 @@ impl PartitionReader {
 
     fn poll_partition(&mut self, at: usize, floor: i64, out: &mut Vec<Row>) -> usize {
         let lateness = self.options.allowed_lateness_ms;
+        // One clock read per call, not per record: idleness is judged in
+        // milliseconds and seconds.
+        let now = Instant::now();
         let mut read = 0;
         while read < self.options.max_batch {
             let part = &mut self.partitions[at];
@@ -407,7 +410,7 @@ impl PartitionReader {
             };
             read += 1;
             part.at_end = false;
-            part.last_record = Instant::now();
+            part.last_record = now;
             part.next_offset = Some(message.offset() + 1);
             self.local.records += 1;
             let payload = message.payload().unwrap_or_default();
