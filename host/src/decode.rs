@@ -55,8 +55,8 @@ impl FieldNames {
 /// One decoded trade.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trade {
-    /// The key.
-    pub symbol: String,
+    /// The key (inline up to 24 bytes: decoding allocates nothing).
+    pub symbol: compact_str::CompactString,
     /// Event time, ms since the Unix epoch, UTC.
     pub ts: i64,
     /// Price: finite.
@@ -158,7 +158,7 @@ impl Decoder {
         };
         let symbol = field(&n.symbol)?;
         let symbol = match symbol.as_str() {
-            Some(s) if !s.is_empty() => s.to_string(),
+            Some(s) if !s.is_empty() => s.into(),
             _ => return Err(invalid(&n.symbol, "a non-empty string", symbol)),
         };
         let ts = field(&n.ts)?;
@@ -232,7 +232,7 @@ mod fast {
                 return Ok(None);
             };
             let good = !symbol.is_empty() && price.is_finite() && size.is_finite() && size >= 0.0;
-            Ok(good.then(|| Trade { symbol: symbol.into_owned(), ts, price, size }))
+            Ok(good.then(|| Trade { symbol: compact_str::CompactString::from(symbol.as_ref()), ts, price, size }))
         }
     }
 

@@ -316,7 +316,7 @@ pub fn replay_into(
                     let times = &shared.counters.times;
                     times.source_ns.fetch_add(reading.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     match next {
-                        Ok(Some(mut chunk)) => {
+                        Ok(Some(chunk)) => {
                             // Counted per chunk, not with an atomic add per row.
                             let (mut late, mut sent) = (0u64, 0u64);
                             let mut session = output.session(&cap);
@@ -330,7 +330,7 @@ pub fn replay_into(
                                 max_ts = max_ts.max(ts);
                                 sent += 1;
                                 session.give(Row {
-                                    key: std::mem::take(&mut chunk.symbols[i]),
+                                    key: chunk.symbols[i].as_str().into(),
                                     ts,
                                     values: chunk.fields.iter().map(|c| c[i]).collect(),
                                     partition: -1,
@@ -771,7 +771,7 @@ fn control_source<'scope>(
 #[derive(Default)]
 struct Held {
     rows: VecDeque<Row>,
-    keys: rustc_hash::FxHashMap<String, usize>,
+    keys: rustc_hash::FxHashMap<compact_str::CompactString, usize>,
 }
 
 impl Held {
@@ -796,9 +796,9 @@ impl Held {
         }
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(self.rows.len());
-        let mut still: rustc_hash::FxHashMap<String, usize> = Default::default();
+        let mut still: rustc_hash::FxHashMap<compact_str::CompactString, usize> = Default::default();
         for row in self.rows.drain(..) {
-            if row.ts < gate && (force || !still.contains_key(&row.key)) {
+            if row.ts < gate && (force || !still.contains_key(row.key.as_str())) {
                 out.push(row);
             } else {
                 *still.entry(row.key.clone()).or_default() += 1;
@@ -1072,7 +1072,7 @@ mod tests {
     use super::{Held, Row};
 
     fn row(key: &str, ts: i64) -> Row {
-        Row { key: key.into(), ts, values: vec![ts as f64], partition: 0, offset: ts }
+        Row { key: key.into(), ts, values: smallvec::smallvec![ts as f64], partition: 0, offset: ts }
     }
 
     fn keys_and_times(rows: &[Row]) -> Vec<(&str, i64)> {

@@ -460,7 +460,7 @@ impl PartitionReader {
                 out.push(Row {
                     key: trade.symbol,
                     ts: trade.ts,
-                    values: vec![trade.price, trade.size],
+                    values: smallvec::smallvec![trade.price, trade.size],
                     partition: part.id,
                     offset: message.offset(),
                 });

@@ -14,18 +14,38 @@ pub mod kafka;
 use serde::{Deserialize, Serialize};
 
 /// A sample as it leaves a source: the row the dataflow exchanges by key.
+/// Its symbol and values are stored inline (a trade's two values, a symbol
+/// of up to 24 bytes), so making one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// The key (symbol).
-    pub key: String,
+    pub key: compact_str::CompactString,
     /// Event time, ms since the Unix epoch, UTC.
     pub ts: i64,
     /// The input series' fields (`price, size` for trades).
-    pub values: Vec<f64>,
+    #[serde(with = "inline_values")]
+    pub values: Values,
     /// The Kafka partition it came from (`-1` for files).
     pub partition: i32,
     /// Its offset there (for files, the row number).
     pub offset: i64,
+}
+
+/// A row's values: inline up to two (a trade's price and size).
+pub type Values = smallvec::SmallVec<[f64; 2]>;
+
+/// Serde for [`Values`] as a plain sequence (smallvec's own `serde` feature
+/// would rebuild every crate that uses smallvec).
+mod inline_values {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &super::Values, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<super::Values, D::Error> {
+        Vec::<f64>::deserialize(d).map(super::Values::from_vec)
+    }
 }
 
 /// Samples of one series, column-major, keys not yet interned.

@@ -124,11 +124,11 @@ pub fn assert_same(what: &str, mut got: Vec<Out>, mut want: Vec<Out>) {
 }
 
 fn trade_rows(trades: &[Trade]) -> Rows {
-    trades.iter().map(|t| (t.symbol.clone(), t.ts, vec![t.price, t.size])).collect()
+    trades.iter().map(|t| (t.symbol.to_string(), t.ts, vec![t.price, t.size])).collect()
 }
 
 pub fn ref_trades(trades: &[Trade]) -> Vec<market::Trade> {
-    trades.iter().map(|t| market::Trade { key: t.symbol.clone(), ts: t.ts, price: t.price, size: t.size }).collect()
+    trades.iter().map(|t| market::Trade { key: t.symbol.to_string(), ts: t.ts, price: t.price, size: t.size }).collect()
 }
 
 pub fn bars_as_out(bars: &market::Bars) -> Vec<Out> {
@@ -155,7 +155,7 @@ pub fn vwap_outs(trades: &[Trade], reference: &[market::Trade], session_start_ms
             let (s, r) = (s.as_ref()?, r.as_ref()?);
             Some(Out {
                 series: "vwap".into(),
-                key: t.symbol.clone(),
+                key: t.symbol.to_string(),
                 ts: t.ts,
                 values: vec![s.vwap, s.volume, r.vwap, r.volume],
             })
@@ -236,8 +236,8 @@ fn vwap_matches_the_reference_across_sessions() {
 fn anomaly_matches_the_reference_zscores() {
     let data = trades(303, &SYMBOLS, 8_000, 0, 20.0);
     let samples: Vec<market::Sample> =
-        data.iter().map(|t| market::Sample { key: t.symbol.clone(), ts: t.ts, x: t.price }).collect();
-    let rows: Rows = data.iter().map(|t| (t.symbol.clone(), t.ts, vec![t.price])).collect();
+        data.iter().map(|t| market::Sample { key: t.symbol.to_string(), ts: t.ts, x: t.price }).collect();
+    let rows: Rows = data.iter().map(|t| (t.symbol.to_string(), t.ts, vec![t.price])).collect();
     for (of, of_param) in [(market::ZscoreOf::Returns, "returns"), (market::ZscoreOf::Value, "value")] {
         let want: Vec<Out> = market::zscore_alerts(&samples, 50, 2.5, of)
             .into_iter()
@@ -415,7 +415,7 @@ fn the_indicator_chain_from_trades_matches_the_references() {
     let mut sink = Collect(Vec::new());
     for part in data.chunks(1000) {
         let chunk = tickfold::source::Chunk {
-            symbols: part.iter().map(|t| t.symbol.clone()).collect(),
+            symbols: part.iter().map(|t| t.symbol.to_string()).collect(),
             ts: part.iter().map(|t| t.ts).collect(),
             fields: vec![part.iter().map(|t| t.price).collect(), part.iter().map(|t| t.size).collect()],
         };

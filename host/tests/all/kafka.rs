@@ -117,7 +117,7 @@ fn produce_replays_a_file_of_trades_in_order() {
             let mut trades = Vec::new();
             decoder.decode(message.unwrap().payload().unwrap(), &mut trades).unwrap();
             for t in trades {
-                got.entry(t.symbol.clone()).or_default().push(t);
+                got.entry(t.symbol.to_string()).or_default().push(t);
             }
             read += 1;
         }
@@ -126,7 +126,7 @@ fn produce_replays_a_file_of_trades_in_order() {
     // Per symbol, the file's trades in the file's order, bit for bit
     // (out-of-order rows stay where the file has them).
     for (symbol, trades) in &got {
-        let want: Vec<&tickfold::decode::Trade> = data.iter().filter(|t| &t.symbol == symbol).collect();
+        let want: Vec<&tickfold::decode::Trade> = data.iter().filter(|t| t.symbol == symbol).collect();
         assert_eq!(trades.iter().collect::<Vec<_>>(), want, "{symbol}");
     }
 }

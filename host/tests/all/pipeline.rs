@@ -86,7 +86,11 @@ impl Scenario {
             if i % 151 == 75 && max_ts[p] > i64::MIN {
                 // A straggler from half a minute ago: far past the lateness.
                 let late = Trade { symbol: t.symbol.clone(), ts: max_ts[p] - 30_000, price: t.price * 1.01, size: 7.0 };
-                partitions[p].push(Record { key: Some(late.symbol.clone()), payload: flat(&late), kind: Kind::Late });
+                partitions[p].push(Record {
+                    key: Some(late.symbol.to_string()),
+                    payload: flat(&late),
+                    kind: Kind::Late,
+                });
             }
             // The generator's swaps are mostly within a second (on time),
             // but a swap across a silent gap of minutes makes a late one:
@@ -94,7 +98,7 @@ impl Scenario {
             let on_time = t.ts >= max_ts[p].saturating_sub(LATENESS_MS);
             max_ts[p] = max_ts[p].max(t.ts);
             let kind = if on_time { Kind::Good(t.clone()) } else { Kind::Late };
-            partitions[p].push(Record { key: Some(t.symbol.clone()), payload: flat(&t), kind });
+            partitions[p].push(Record { key: Some(t.symbol.to_string()), payload: flat(&t), kind });
         }
         Scenario { partitions }
     }
@@ -416,7 +420,7 @@ fn two_workers_over_four_partitions_match_the_references_and_dead_letter_the_res
     for (row, (p, o, t)) in inputs.iter().zip(&good) {
         assert_eq!((row.partition, row.offset), (*p, *o));
         assert_eq!((row.key.as_str(), row.ts), (t.symbol.as_str(), t.ts));
-        assert_eq!(row.values, vec![t.price, t.size]);
+        assert_eq!(row.values.as_slice(), [t.price, t.size]);
     }
 
     let expected = scenario.expected();

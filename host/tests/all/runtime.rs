@@ -379,7 +379,7 @@ fn every_first_party_chain_restored_mid_stream_writes_what_it_would_have() {
     let ts = crate::support::trades(7, &["AAPL", "MSFT", "NVDA"], 6_000, 1_700_000_000_000, 100.0);
     // Out of order within the lateness: swap neighbours now and then.
     let mut rows: Vec<(String, i64, [f64; 2])> =
-        ts.iter().map(|t| (t.symbol.clone(), t.ts, [t.price, t.size])).collect();
+        ts.iter().map(|t| (t.symbol.to_string(), t.ts, [t.price, t.size])).collect();
     for i in (0..rows.len() - 1).step_by(7) {
         rows.swap(i, i + 1);
     }

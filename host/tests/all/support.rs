@@ -73,7 +73,7 @@ pub fn trades(seed: u64, symbols: &[&str], n: usize, start_ms: i64, price_scale:
         let s = rng.range(0, symbols.len() as i64) as usize;
         price[s] *= (0.0005 * rng.normal()).exp();
         let size = (1.0 + 100.0 * rng.unit()).round();
-        out.push(Trade { symbol: symbols[s].to_string(), ts: t, price: price[s], size });
+        out.push(Trade { symbol: symbols[s].into(), ts: t, price: price[s], size });
         if i > 0 && i % 17 == 0 {
             out.swap(i, i - 1);
         }
