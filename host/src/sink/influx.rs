@@ -160,6 +160,7 @@ impl InfluxSink {
             to_writers: Condvar::new(),
             counters: Counters::default(),
             buffer_points: config.buffer_points as u64,
+            close_timeout_ms: config.close_timeout_ms,
         });
         info!(
             url = %endpoint.base, api = config.api.name(), target = %endpoint.target,
@@ -269,7 +270,7 @@ impl InfluxSink {
     /// `close_timeout_ms`) and stops the writer thread. Finish every
     /// writer first: points handed over after this are refused.
     pub fn close(mut self) -> Result<InfluxStats, InfluxError> {
-        self.begin_close();
+        self.shut();
         let thread = self.thread.take().expect("only close and drop take the thread");
         let panicked = thread.join().is_err();
         let stats = self.shared.stats();
@@ -292,16 +293,28 @@ impl InfluxSink {
         Ok(stats)
     }
 
-    /// Starts closing without waiting: the writer thread writes what it
-    /// has, retrying for at most `close_timeout_ms` from now, then gives up,
+    /// Starts the close deadline without closing: from now on the writer
+    /// thread posts what it gets without waiting for the flush interval
+    /// and retries for at most `close_timeout_ms` from now, then gives up,
     /// which also releases writers blocked on a full buffer (their points
-    /// are reported as not written). For a host that must stop while the
-    /// server is down.
+    /// are reported as not written). Writers may still hand over points
+    /// until [`close`](Self::close): the thread only stops, with nothing
+    /// left, once closed. For a host that must stop while the server is
+    /// down.
     pub fn begin_close(&self) {
         let mut state = self.shared.lock();
         if state.closing.is_none() {
             state.closing = Some(Instant::now() + Duration::from_millis(self.close_timeout_ms));
         }
+        drop(state);
+        self.shared.to_thread.notify_one();
+    }
+
+    /// No writer hands over anything more: the thread writes what it has
+    /// (within the close deadline) and stops.
+    fn shut(&self) {
+        self.begin_close();
+        self.shared.lock().closed = true;
         self.shared.to_thread.notify_one();
     }
 }
@@ -309,7 +322,7 @@ impl InfluxSink {
 impl Drop for InfluxSink {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.begin_close();
+            self.shut();
         }
     }
 }
@@ -349,10 +362,22 @@ impl InfluxWriter {
             state = shared.to_writers.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         if let Some(stop) = state.stopped {
+            let closed = state.closed;
             drop(state);
             self.lines.clear();
             return Err(match stop {
                 Stop::Panicked => InfluxError::Stopped { points },
+                Stop::GaveUp if !closed => InfluxError::Unwritten {
+                    points,
+                    timeout_ms: shared.close_timeout_ms,
+                    last_error: shared
+                        .counters
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                        .unwrap_or_else(|| "none".into()),
+                },
                 Stop::Closed | Stop::GaveUp => InfluxError::Closed { points },
             });
         }
@@ -444,8 +469,12 @@ struct State {
     /// `sync` wants everything up to this count posted without waiting for
     /// the flush interval.
     flush_through: u64,
-    /// When closing must be done by.
+    /// When closing must be done by: set when the host starts stopping,
+    /// which may be before the last writer has handed over its points.
     closing: Option<Instant>,
+    /// [`InfluxSink::close`] was called: no writer hands over anything
+    /// more, so the thread stops once it has nothing left.
+    closed: bool,
     /// Why the thread stopped, once it has.
     stopped: Option<Stop>,
     /// Emptied line buffers the thread gives back, so writers reuse their
@@ -491,6 +520,8 @@ struct Shared {
     to_writers: Condvar,
     counters: Counters,
     buffer_points: u64,
+    /// `close_timeout_ms`, for the error writers get once the thread gave up.
+    close_timeout_ms: u64,
 }
 
 impl Shared {

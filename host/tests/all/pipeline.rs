@@ -131,7 +131,8 @@ impl Scenario {
                 producer.send(record).map_err(|(e, _)| e).unwrap();
             }
         }
-        producer.flush(Duration::from_secs(30)).unwrap();
+        // Generous: on a loaded 2-core machine the broker may lag.
+        producer.flush(Duration::from_secs(180)).unwrap();
     }
 
     /// On-time trades with their (partition, offset), in partition order.
@@ -202,7 +203,9 @@ pub fn seeded_broker_in_batches_of(seed: u64, trades: usize, batch: usize) -> (T
     broker.create_topic("trades", PARTITIONS as u32);
     broker.create_topic("trades.dead-letter", 1);
     let scenario = Scenario::new(seed, trades);
+    let started = std::time::Instant::now();
     scenario.produce_in_batches_of(&broker, "trades", batch);
+    eprintln!("produced {trades} trades in batches of {batch} in {:?}", started.elapsed());
     (broker, scenario)
 }
 

@@ -127,7 +127,7 @@ impl Poster {
                 self.pending_points += chunk.points;
                 self.pending.push_back(chunk);
             }
-            if self.pending.is_empty() && state.closing.is_some() {
+            if self.pending.is_empty() && state.closed {
                 // Under the lock: a writer handing over from now on sees
                 // `stopped` rather than a queue nobody reads.
                 state.stopped = Some(Stop::Closed);

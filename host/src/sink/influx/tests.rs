@@ -656,6 +656,49 @@ fn close_gives_up_after_close_timeout_and_says_how_many_points_are_left() {
 }
 
 #[test]
+fn points_handed_over_after_stopping_began_are_written_until_the_sink_closes() {
+    // The host starts the close deadline while workers still take their
+    // last checkpoint; their last points must not find the thread gone.
+    let mock = Mock::start(|_, _| Reply::status(204));
+    let sink = InfluxSink::start(InfluxConfig { close_timeout_ms: 5_000, ..config(&mock) }).unwrap();
+    let mut w = sink.writer();
+    write_point(&mut w, 0);
+    w.hand_over().unwrap();
+    sink.begin_close();
+    eventually("the first point is written", || sink.stats().points_written == 1);
+    // The thread had nothing left, but the sink is not closed yet.
+    std::thread::sleep(Duration::from_millis(100));
+    write_point(&mut w, 1);
+    w.hand_over().unwrap();
+    drop(w);
+    let stats = sink.close().unwrap();
+    assert_eq!(stats.points_written, 2);
+    assert_eq!(mock.accepted(), lines(0..2));
+}
+
+#[test]
+fn a_writer_after_the_close_deadline_gave_up_is_told_why() {
+    let mock = Mock::start(|_, _| Reply::error(503, "down for maintenance"));
+    let sink = InfluxSink::start(InfluxConfig { close_timeout_ms: 50, ..config(&mock) }).unwrap();
+    let mut w = sink.writer();
+    write_point(&mut w, 0);
+    w.hand_over().unwrap();
+    sink.begin_close();
+    eventually("the thread gives up", || {
+        write_point(&mut w, 1);
+        match w.hand_over() {
+            Err(InfluxError::Unwritten { last_error, .. }) => {
+                assert!(last_error.contains("down for maintenance"), "{last_error}");
+                true
+            }
+            Ok(()) => false,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    });
+    assert!(sink.close().is_err(), "the first point was never written");
+}
+
+#[test]
 fn many_writers_lose_nothing_and_keep_their_order() {
     let mock = Mock::start(|i, _| if i % 3 == 1 { Reply::status(503) } else { Reply::status(204) });
     let sink = InfluxSink::start(InfluxConfig { batch_points: 64, buffer_points: 256, ..config(&mock) }).unwrap();
