@@ -119,12 +119,16 @@ fn a_full_disk_a_broker_crash_an_influxdb_outage_and_a_sigterm_lose_nothing() {
 
     // 3. The broker crashes (SIGKILL) while the host reads, and comes back
     // a second later with its storage.
+    // Generous waits for the next checkpoint: on a loaded machine, reading
+    // from tansu's SQLite engine was seen to stall for 15-20 s between
+    // partitions, and no checkpoint completes meanwhile (an open question,
+    // see docs/checkpoints.md); the test is about losing nothing, not speed.
     let written = count_in_log(&log, " written to ");
-    wait_for_log(&mut child, &log, " written to ", written, Duration::from_secs(30));
+    wait_for_log(&mut child, &log, " written to ", written, Duration::from_secs(120));
     broker.restart(Duration::from_secs(1));
     assert_running(&mut child, &log, "across the broker's restart");
     let written = count_in_log(&log, " written to ");
-    wait_for_log(&mut child, &log, " written to ", written, Duration::from_secs(60));
+    wait_for_log(&mut child, &log, " written to ", written, Duration::from_secs(120));
 
     // 4. SIGTERM: the host stops reading, takes a last checkpoint there and
     // exits cleanly; the restart resumes from that checkpoint.
