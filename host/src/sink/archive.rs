@@ -1693,16 +1693,15 @@ mod tests {
             }
         }
         w.finish().unwrap();
-        let got = bits(&read_series(&tmp.0, "s").unwrap());
+        let mut got = bits(&read_series(&tmp.0, "s").unwrap());
         let mut expected: Vec<RowBits> = times
             .iter()
             .zip(values)
             .flat_map(|(ts, v)| ["A", "B"].map(|s| (s.to_string(), *ts, vec![v.to_bits()], None, None)))
             .collect();
-        let mut got_sorted = got.clone();
-        got_sorted.sort();
+        got.sort();
         expected.sort();
-        assert_eq!(got_sorted, expected);
+        assert_eq!(got, expected);
     }
 
     #[test]

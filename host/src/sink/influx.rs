@@ -370,13 +370,7 @@ impl InfluxWriter {
                 Stop::GaveUp if !closed => InfluxError::Unwritten {
                     points,
                     timeout_ms: shared.close_timeout_ms,
-                    last_error: shared
-                        .counters
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone()
-                        .unwrap_or_else(|| "none".into()),
+                    last_error: shared.last_error().unwrap_or_else(|| "none".into()),
                 },
                 Stop::Closed | Stop::GaveUp => InfluxError::Closed { points },
             });
@@ -549,8 +543,12 @@ impl Shared {
             buffer_capacity: self.buffer_points,
             write_buckets: c.requests.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             write_ns: c.request_ns.load(Ordering::Relaxed),
-            last_error: c.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            last_error: self.last_error(),
         }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.counters.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set_last_error(&self, message: &str) {
