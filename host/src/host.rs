@@ -322,7 +322,7 @@ pub fn run_with(
     };
     let run = result?;
     if file.is_none()
-        && let Err(e) = crate::source::kafka::commit_positions(&options.reader, &run.positions)
+        && let Err(e) = crate::source::kafka::commit_positions(&options.reader, &run.positions, Duration::from_secs(10))
     {
         tracing::warn!("{e}");
     }

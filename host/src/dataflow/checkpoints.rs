@@ -43,7 +43,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointStore, KeyStateCheckpoint, P
 use crate::deploy::ControlPlane;
 use crate::plugin::{KeyState, Snapshot};
 use crate::sink::SinkCut;
-use crate::source::kafka::ReaderOptions;
+use crate::source::kafka::{GroupCommitter, ReaderOptions};
 
 /// Writes what a sink's own thread holds, waiting at most the given time;
 /// true when all is written.
@@ -331,6 +331,9 @@ impl Drop for CloseOnDrop {
 /// How long the workers get to reach a cut before it is abandoned.
 const GATHER_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long the end of a run waits for the consumer group's last commits.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 impl Coordinator {
     /// Takes a checkpoint every interval until the run ends, and one more
     /// when it stops.
@@ -343,6 +346,15 @@ impl Coordinator {
         // However this ends (a panic included), stopping sources must not
         // wait for a checkpoint that will never come.
         let _close = CloseOnDrop(self.cuts.clone());
+        // One client for the run's commits (for Kafka tooling only).
+        let committer = match crate::source::kafka::GroupCommitter::new(&self.reader) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("checkpoints will not be committed to the consumer group: {e}");
+                None
+            }
+        };
+        let committer = committer.as_ref();
         let mut due = Instant::now() + self.options.interval;
         while !ended() && !stopping() {
             if Instant::now() < due {
@@ -354,16 +366,25 @@ impl Coordinator {
                 tracing::debug!("checkpoint postponed: a plugin change is waiting to take effect");
                 continue;
             }
-            self.take(next_id, false);
+            self.take(next_id, false, committer);
             next_id += 1;
         }
         if stopping() && !ended() {
-            self.last(next_id);
+            self.last(next_id, committer);
+        }
+        // The last commits are for the tools: worth a short wait, not more.
+        if let Some(c) = committer
+            && !c.wait(COMMIT_WAIT)
+        {
+            tracing::warn!(
+                "the consumer group's offsets were not confirmed within {} s; Kafka's tools may show an older position",
+                COMMIT_WAIT.as_secs()
+            );
         }
     }
 
     /// The checkpoint of the position where the sources stopped.
-    fn last(&self, id: u64) {
+    fn last(&self, id: u64, committer: Option<&GroupCommitter>) {
         let previous = self.counters.checkpoints.last_id().or(self.options.restore.as_ref().map(|c| c.id));
         let resume = match previous {
             Some(p) => format!("the next run resumes from checkpoint {p} and processes the records since again"),
@@ -378,7 +399,7 @@ impl Coordinator {
             return;
         }
         tracing::info!(id, "stopping: taking a last checkpoint of where the sources stopped");
-        if self.take(id, true) {
+        if self.take(id, true, committer) {
             self.counters.checkpoints.at_stop.store(id, Ordering::Relaxed);
             tracing::info!(id, "checkpoint {id} taken on stopping: the next run resumes exactly there");
         } else {
@@ -388,7 +409,7 @@ impl Coordinator {
 
     /// Takes checkpoint `id`; `last` on a stop (the sources have stopped
     /// for good, and InfluxDB gets `stop_flush` to write what it holds).
-    fn take(&self, id: u64, last: bool) -> bool {
+    fn take(&self, id: u64, last: bool, committer: Option<&GroupCommitter>) -> bool {
         let started = Instant::now();
         // A regular cut gives way to a stop (which takes its own); the last
         // one gives way only to a failure or the end of the run.
@@ -472,9 +493,10 @@ impl Coordinator {
                 return false;
             }
         }
-        // For Kafka tooling only: a restart reads the checkpoint.
-        if let Err(e) = crate::source::kafka::commit_positions(&self.reader, &positions) {
-            tracing::warn!(id, "committing the checkpoint's offsets to the consumer group: {e}");
+        // For Kafka tooling only: a restart reads the checkpoint. Sent, not
+        // waited for: a busy broker must not hold the next checkpoint back.
+        if let Some(c) = committer {
+            c.commit(&positions);
         }
         true
     }

@@ -157,28 +157,158 @@ pub fn partition_count(
     Ok(partitions)
 }
 
-/// Commits each partition's next offset to the consumer group, so that
-/// Kafka's tools show how far the host got and `start = "committed"`
-/// resumes there. (Without checkpoints, windows open at the stop are not
-/// carried over: see issue 6.)
-pub fn commit_positions(options: &ReaderOptions, positions: &BTreeMap<i32, i64>) -> Result<(), KafkaSourceError> {
+/// Commits positions to the consumer group, so that Kafka's tools show how
+/// far the host got and `start = "committed"` resumes there (a restart with
+/// checkpoints reads its checkpoint, never the group).
+///
+/// One client for the whole run, on a thread of its own, so that a
+/// checkpoint never waits on a busy broker. (Creating a client and
+/// committing synchronously at every checkpoint held the next one back by
+/// 2-6 s against tansu's SQLite engine, which answers one request at a
+/// time, each fetch reading up to 5 MiB from SQLite.) At most one commit is
+/// in flight: while the broker has not answered, newer positions replace
+/// the waiting ones, so a slow broker gets fewer commits instead of a
+/// growing queue of stale ones. A failed commit is logged and the next one
+/// covers it.
+///
+/// (Synchronous commits on a thread rather than librdkafka's asynchronous
+/// ones: the answers to those never reached `poll` of a consumer with no
+/// assignment, here.)
+pub struct GroupCommitter {
+    shared: Arc<CommitShared>,
+}
+
+#[derive(Default)]
+struct CommitShared {
+    state: std::sync::Mutex<CommitState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// The newest positions not sent yet.
+    waiting: Option<BTreeMap<i32, i64>>,
+    /// A commit is with the broker.
+    busy: bool,
+    /// No more commits: the thread ends once nothing waits.
+    closed: bool,
+}
+
+impl CommitShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl GroupCommitter {
+    /// A client of `options.group` on `options.brokers` (it connects in the
+    /// background) and its thread.
+    pub fn new(options: &ReaderOptions) -> Result<Self, KafkaSourceError> {
+        let client = |what, source| KafkaSourceError::Client { brokers: options.brokers.clone(), what, source };
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &options.brokers).set("group.id", &options.group);
+        for (k, v) in options.options.iter().filter(|(k, _)| is_connection_setting(k)) {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client to commit offsets", e))?;
+        let shared = Arc::new(CommitShared::default());
+        let topic = options.topic.clone();
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("group-commits".into())
+            .spawn(move || commit_loop(&consumer, &topic, &s))
+            .map_err(|e| {
+                client("starting the thread that commits offsets", KafkaError::ClientCreation(e.to_string()))
+            })?;
+        Ok(GroupCommitter { shared })
+    }
+
+    /// Commits each partition's next offset: at once if no commit is with
+    /// the broker, else after it (unless newer positions come first). Does
+    /// not wait.
+    pub fn commit(&self, positions: &BTreeMap<i32, i64>) {
+        if positions.is_empty() {
+            return;
+        }
+        self.shared.lock().waiting = Some(positions.clone());
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits up to `within` until every commit is sent and answered; true
+    /// if they all were.
+    pub fn wait(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut state = self.shared.lock();
+        while state.busy || state.waiting.is_some() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self.shared.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+impl Drop for GroupCommitter {
+    /// The thread ends after what waits is sent; it is not joined, so that a
+    /// broker that does not answer cannot hold the host's exit.
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+fn commit_loop(consumer: &BaseConsumer, topic: &str, shared: &CommitShared) {
+    loop {
+        let positions = {
+            let mut state = shared.lock();
+            loop {
+                if let Some(p) = state.waiting.take() {
+                    state.busy = true;
+                    break p;
+                }
+                if state.closed {
+                    return;
+                }
+                state = shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let mut list = TopicPartitionList::new();
+        let result = positions
+            .iter()
+            .try_for_each(|(&p, &offset)| list.add_partition_offset(topic, p, Offset::Offset(offset)))
+            .and_then(|()| consumer.commit(&list, rdkafka::consumer::CommitMode::Sync));
+        if let Err(e) = result {
+            tracing::warn!(
+                "committing offsets to the consumer group: {e}; Kafka's tools show an older position until a later commit goes through"
+            );
+        }
+        shared.lock().busy = false;
+        shared.changed.notify_all();
+    }
+}
+
+/// Commits `positions` once and waits up to `within` for the answer (the
+/// end of a run).
+pub fn commit_positions(
+    options: &ReaderOptions,
+    positions: &BTreeMap<i32, i64>,
+    within: Duration,
+) -> Result<(), KafkaSourceError> {
     let client = |what, source| KafkaSourceError::Client { brokers: options.brokers.clone(), what, source };
     if positions.is_empty() {
         return Ok(());
     }
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &options.brokers).set("group.id", &options.group);
-    for (k, v) in options.options.iter().filter(|(k, _)| is_connection_setting(k)) {
-        config.set(k, v);
+    let committer = GroupCommitter::new(options)?;
+    committer.commit(positions);
+    if !committer.wait(within) {
+        return Err(client(
+            "committing offsets to the consumer group",
+            KafkaError::Global(RDKafkaErrorCode::RequestTimedOut),
+        ));
     }
-    let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client to commit offsets", e))?;
-    let mut list = TopicPartitionList::new();
-    for (&p, &offset) in positions {
-        list.add_partition_offset(&options.topic, p, Offset::Offset(offset)).map_err(|e| client("committing", e))?;
-    }
-    consumer
-        .commit(&list, rdkafka::consumer::CommitMode::Sync)
-        .map_err(|e| client("committing offsets to the consumer group", e))
+    Ok(())
 }
 
 /// The partitions worker `index` of `workers` reads.
@@ -652,7 +782,9 @@ impl DeadLetters {
 /// librdkafka settings about reaching the brokers (shared by the consumer
 /// and the dead-letter producer).
 fn is_connection_setting(key: &str) -> bool {
-    ["security.protocol", "sasl.", "ssl.", "client.id", "socket.", "broker."].iter().any(|p| key.starts_with(p))
+    ["security.protocol", "sasl.", "ssl.", "client.id", "socket.", "broker.", "debug"]
+        .iter()
+        .any(|p| key.starts_with(p))
 }
 
 #[cfg(test)]

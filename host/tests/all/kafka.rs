@@ -130,3 +130,51 @@ fn produce_replays_a_file_of_trades_in_order() {
         assert_eq!(trades.iter().collect::<Vec<_>>(), want, "{symbol}");
     }
 }
+
+/// The checkpoints' commits to the consumer group: sent without waiting,
+/// at most one with the broker, the newest positions winning.
+#[test]
+fn group_commits_land_and_the_newest_positions_win() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use tickfold::source::kafka::{GroupCommitter, ReaderOptions};
+
+    let broker = Tansu::start();
+    broker.create_topic("trades", 2);
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().unwrap();
+    for i in 0..40 {
+        producer.send(BaseRecord::<(), _>::to("trades").partition(i % 2).payload("x")).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let options = ReaderOptions {
+        brokers: broker.bootstrap(),
+        topic: "trades".into(),
+        group: "checkpoints".into(),
+        allowed_lateness_ms: 0,
+        idle_timeout: Duration::from_secs(1),
+        max_batch: 1,
+        dead_letter_late: false,
+        options: BTreeMap::new(),
+    };
+    let committer = GroupCommitter::new(&options).unwrap();
+    // Several in a row, as checkpoints come faster than a slow broker
+    // answers: whatever is skipped, the last one is what the group holds.
+    for n in 1..=5 {
+        committer.commit(&BTreeMap::from([(0, 3 * n), (1, 2 * n)]));
+    }
+    assert!(committer.wait(Duration::from_secs(60)), "the commits were answered");
+    drop(committer);
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "checkpoints")
+        .create()
+        .unwrap();
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition("trades", 0);
+    asked.add_partition("trades", 1);
+    let committed = reader.committed_offsets(asked, Duration::from_secs(30)).unwrap();
+    let offsets: Vec<_> = committed.elements().iter().map(|e| (e.partition(), e.offset())).collect();
+    assert_eq!(offsets, vec![(0, Offset::Offset(15)), (1, Offset::Offset(10))]);
+}
