@@ -16,9 +16,10 @@
 //!    over.
 //! 4. With every part in, the sources go on at once; the coordinator makes
 //!    InfluxDB write everything handed to it, then writes the checkpoint
-//!    (one file, atomically) and commits the offsets to the consumer group
-//!    so that Kafka tooling shows the lag. A run restarts from the
-//!    checkpoint, never from the group.
+//!    (one file, atomically) and hands the offsets to the group committer
+//!    (its own client and thread, never waited for) so that Kafka tooling
+//!    shows the lag. A run restarts from the checkpoint, never from the
+//!    group.
 //!
 //! A checkpoint that cannot complete in time (a deploy waiting for the
 //! stream, say) is abandoned: the sources go on and the next one is tried
@@ -347,7 +348,7 @@ impl Coordinator {
         // wait for a checkpoint that will never come.
         let _close = CloseOnDrop(self.cuts.clone());
         // One client for the run's commits (for Kafka tooling only).
-        let committer = match crate::source::kafka::GroupCommitter::new(&self.reader) {
+        let committer = match GroupCommitter::new(&self.reader) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("checkpoints will not be committed to the consumer group: {e}");
