@@ -271,7 +271,18 @@ fn commit_loop(consumer: &BaseConsumer, topic: &str, shared: &CommitShared) {
                 if state.closed {
                     return;
                 }
-                state = shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                (state, _) =
+                    shared.changed.wait_timeout(state, Duration::from_secs(1)).unwrap_or_else(|e| e.into_inner());
+                // The client's own events (connection errors while the
+                // broker is away) queue up until polled: take them, so a
+                // long outage does not pile them up.
+                drop(state);
+                for _ in 0..64 {
+                    if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+                        tracing::debug!("Kafka client committing offsets: {e}");
+                    }
+                }
+                state = shared.lock();
             }
         };
         let mut list = TopicPartitionList::new();
