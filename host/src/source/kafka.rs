@@ -790,8 +790,8 @@ impl DeadLetters {
     }
 }
 
-/// librdkafka settings about reaching the brokers (shared by the consumer
-/// and the dead-letter producer).
+/// librdkafka settings every client of the host takes, not only the
+/// readers: reaching the brokers (security, sockets) and `debug`.
 fn is_connection_setting(key: &str) -> bool {
     ["security.protocol", "sasl.", "ssl.", "client.id", "socket.", "broker.", "debug"]
         .iter()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tickfold::decode::{Decoder, Shape};
 use tickfold::synthetic::Market;
@@ -38,12 +38,7 @@ fn produce_puts_every_trade_in_its_symbols_partition() {
     // Read all four partitions from the start. Counting, not the high
     // watermark, decides when everything is in: tansu's memory engine can
     // report a high watermark below the log end.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "tickfold-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = broker.consumer("tickfold-test");
     let mut assignment = TopicPartitionList::new();
     for p in 0..4 {
         assignment.add_partition_offset("trades", p, Offset::Beginning).unwrap();
@@ -101,8 +96,7 @@ fn produce_replays_a_file_of_trades_in_order() {
         .unwrap();
     assert!(out.status.success(), "produce failed: {}", String::from_utf8_lossy(&out.stderr));
 
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).set("group.id", "t").create().unwrap();
+    let consumer = broker.consumer("t");
     let mut assignment = TopicPartitionList::new();
     for p in 0..3 {
         assignment.add_partition_offset("replayed", p, Offset::Beginning).unwrap();
@@ -166,11 +160,7 @@ fn group_commits_land_and_the_newest_positions_win() {
     assert!(committer.wait(Duration::from_secs(60)), "the commits were answered");
     drop(committer);
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "checkpoints")
-        .create()
-        .unwrap();
+    let reader = broker.consumer("checkpoints");
     let mut asked = TopicPartitionList::new();
     asked.add_partition("trades", 0);
     asked.add_partition("trades", 1);

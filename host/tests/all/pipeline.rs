@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -211,11 +211,7 @@ pub fn seeded_broker_in_batches_of(seed: u64, trades: usize, batch: usize) -> (T
 
 /// Reads `expected` records from the dead-letter topic (one partition).
 pub fn read_dead_letters(broker: &Tansu, topic: &str, expected: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "tickfold-test-dlq")
-        .create()
-        .unwrap();
+    let consumer = broker.consumer("tickfold-test-dlq");
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     consumer.assign(&assignment).unwrap();

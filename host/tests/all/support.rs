@@ -174,6 +174,17 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A plain consumer of group `group` (nothing committed on its own),
+    /// for a test to assign partitions to and read back.
+    pub fn consumer(&self, group: &str) -> rdkafka::consumer::BaseConsumer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("creating a consumer")
+    }
+
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let out = Command::new("tansu")
             .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker"])
