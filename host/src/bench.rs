@@ -171,7 +171,7 @@ pub fn pipeline(config: &Config, file: Option<&Path>) -> Result<PipelineFigures>
     let mut cpu = vec![
         ("workers: reading and decoding (Kafka partitions, or the file)".to_string(), source),
         ("workers: plugins".to_string(), (process - sinks).max(0.0)),
-        ("workers: sink writes (line protocol, Arrow, Parquet)".to_string(), (sinks - wait).max(0.0)),
+        ("workers: sink writes (line protocol, archive buffers)".to_string(), (sinks - wait).max(0.0)),
         ("workers: exchange, scheduling, idle polling".to_string(), (workers - source - (process - wait)).max(0.0)),
     ];
     cpu.extend(groups);
@@ -190,6 +190,10 @@ fn thread_group(name: &str) -> String {
         "dataflow workers"
     } else if name.starts_with("rdk:") {
         "librdkafka (consumer, dead-letter producer)"
+    } else if name == "file-reader" {
+        "file reader (CSV, JSONL, Parquet decoding)"
+    } else if name.starts_with("archive-w") {
+        "archive encoding (Parquet, zstd, files)"
     } else if name.contains("influx") || name.contains("reqwest") || name.starts_with("tokio") {
         "InfluxDB writer (batching, gzip, HTTP)"
     } else {

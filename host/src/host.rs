@@ -174,8 +174,12 @@ pub fn run_with(
                 fanout.add(Box::new(writer), skip.clone());
             }
             if let Some(archive) = &archive {
+                // Parquet encoding and zstd on a thread of their own, so a
+                // worker whose keys are busy hands them to a core with room.
+                let encoding =
+                    archive.writer(worker).encode_in_background().map_err(|e| SinkError::new("archive", e))?;
                 let writer = ArchiveWorker {
-                    writer: archive.writer(worker),
+                    writer: encoding,
                     worker,
                     stats: archive_stats.clone(),
                     interrupted: interrupted.clone(),

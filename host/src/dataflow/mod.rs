@@ -22,6 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::Stream;
@@ -37,7 +38,7 @@ use crate::deploy::{Applied, Change, ControlPlane};
 use crate::exec::{Chain, ExecError, StageSpec};
 use crate::sink::{Fanout, SharedWriter, SinkError};
 use crate::source::Row;
-use crate::source::file::{FileError, FileSource};
+use crate::source::file::{FileError, FileSource, ReadAhead};
 use crate::source::kafka::{
     self, DeadLetters, KafkaSourceError, PartitionReader, ReaderOptions, SourceCounters, Start,
 };
@@ -113,6 +114,10 @@ pub struct RunCounters {
 /// without this a source runs ahead of a worker held back by its sinks and
 /// fills memory with the backlog.
 pub const MAX_IN_FLIGHT: i64 = 200_000;
+
+/// Chunks a file's reader thread decodes ahead of the source operator:
+/// enough to ride out a slow moment on either side.
+const READ_AHEAD: usize = 4;
 
 /// Wall time the workers spent per stage, summed over workers, in ns. The
 /// workers never block in these stages, so this is their CPU time there.
@@ -278,12 +283,17 @@ pub fn replay_into(
         worker.dataflow::<i64, _, _>(|scope| {
             let src_shared = shared.clone();
             let rows = source(scope, &format!("FileSource({})", input.display()), move |capability, info| {
-                let activator = scope.activator_for(info.address);
-                // Worker 0 reads the file; the others have no rows to send
-                // and let their capability go at once.
+                let activator = scope.activator_for(info.address.clone());
+                // Worker 0 reads the file, decoding it on a thread of its own
+                // a few chunks ahead; the others have no rows to send and let
+                // their capability go at once.
                 let mut reader = None;
                 if index == 0 {
-                    match FileSource::open(&input, batch_rows) {
+                    let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                    let ready = move || {
+                        let _ = wake.activate();
+                    };
+                    match FileSource::open(&input, batch_rows).and_then(|f| ReadAhead::spawn(f, READ_AHEAD, ready)) {
                         Ok(r) => reader = Some(r),
                         Err(e) => src_shared.fail(e),
                     }
@@ -312,9 +322,12 @@ pub fn replay_into(
                     }
                     let counters = &shared.counters.source;
                     let reading = Instant::now();
-                    let next = file.next_chunk();
+                    let next = match file.poll_chunk() {
+                        Poll::Ready(next) => next,
+                        // The reader thread wakes this operator with the chunk.
+                        Poll::Pending => return,
+                    };
                     let times = &shared.counters.times;
-                    times.source_ns.fetch_add(reading.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     match next {
                         Ok(Some(chunk)) => {
                             // Counted per chunk, not with an atomic add per row.
@@ -338,6 +351,7 @@ pub fn replay_into(
                                 });
                             }
                             drop(session);
+                            times.source_ns.fetch_add(reading.elapsed().as_nanos() as u64, Ordering::Relaxed);
                             shared.sent_up_to(max_ts);
                             counters.records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             counters.late.fetch_add(late, Ordering::Relaxed);

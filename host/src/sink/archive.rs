@@ -61,7 +61,8 @@ use rustc_hash::FxHashMap as HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, StringBuilder, TimestampMillisecondArray,
@@ -296,17 +297,18 @@ impl Archive {
     /// workers of different processes never write the same file).
     pub fn writer(&self, worker: usize) -> ArchiveWriter {
         ArchiveWriter {
-            config: self.config.clone(),
+            files: Files { config: self.config.clone(), worker },
             compression: self.compression,
             // Checked to fit in `new`.
             roll_ms: self.config.roll_interval_ms as i64,
-            worker,
             watermark: i64::MIN,
             series: Vec::new(),
             by_name: HashMap::default(),
             last_series: usize::MAX,
             stats: ArchiveStats::default(),
             resumed: HashMap::default(),
+            encoder: None,
+            failing: false,
         }
     }
 }
@@ -314,10 +316,9 @@ impl Archive {
 /// One worker's writer: buffers rows per series and bucket, writes a bucket
 /// when the watermark passes it.
 pub struct ArchiveWriter {
-    config: Arc<ArchiveConfig>,
+    files: Files,
     compression: Compression,
     roll_ms: i64,
-    worker: usize,
     /// Highest watermark seen; a bucket ending at or below it is closed.
     watermark: i64,
     series: Vec<SeriesBuf>,
@@ -329,6 +330,11 @@ pub struct ArchiveWriter {
     /// After a restore: where each bucket open at the cut goes on, by
     /// (series, bucket start), taken when the bucket gets its first row.
     resumed: HashMap<(String, i64), u32>,
+    /// The thread that writes closed buckets, if encoding in the background.
+    encoder: Option<Encoder>,
+    /// A write failed and has not succeeded since: write on this thread,
+    /// so the worker waits (back-pressure) until the archive takes rows again.
+    failing: bool,
 }
 
 /// What a checkpoint needs of one worker's archive: its watermark, and per
@@ -350,16 +356,40 @@ pub struct OpenBucket {
     pub next_seq: u32,
 }
 
-/// A series' schema and its open buckets.
-struct SeriesBuf {
+/// What a series' files need: its name, fields, kind, schema and Parquet
+/// settings; shared with the encoding thread.
+struct SeriesMeta {
     name: String,
     fields: Vec<String>,
     raw: bool,
     schema: SchemaRef,
     props: WriterProperties,
+}
+
+/// A series and its open buckets.
+struct SeriesBuf {
+    meta: Arc<SeriesMeta>,
     buckets: Vec<Bucket>,
     /// Index of the last bucket written to (`usize::MAX` for none).
     last_bucket: usize,
+}
+
+impl SeriesBuf {
+    /// Takes back a bucket whose write failed (or was not tried). Rows that
+    /// came for the same bucket meanwhile opened another one: the two become
+    /// one, under the names of the one tried first, so every row is written
+    /// once and no file is numbered twice.
+    fn put_back(&mut self, mut bucket: Bucket) {
+        self.last_bucket = usize::MAX;
+        if let Some(i) = self.buckets.iter().position(|b| b.start_ms == bucket.start_ms) {
+            let other = self.buckets.swap_remove(i);
+            let (mut keep, rest) =
+                if other.first_seq.is_some() && bucket.first_seq.is_none() { (other, bucket) } else { (bucket, other) };
+            keep.absorb(&rest);
+            bucket = keep;
+        }
+        self.buckets.push(bucket);
+    }
 }
 
 /// The rows of one series in one event-time bucket, as columns.
@@ -443,6 +473,17 @@ impl Bucket {
         if let Some((partition, offset)) = raw {
             self.partition.push(partition);
             self.offset.push(offset);
+        }
+    }
+
+    /// Adds the rows of `other`, a bucket of the same series and start.
+    fn absorb(&mut self, other: &Bucket) {
+        let mut values = Vec::with_capacity(other.values.len());
+        for i in 0..other.len() {
+            values.clear();
+            values.extend(other.values.iter().map(|column| column[i]));
+            let raw = (!other.partition.is_empty()).then(|| (other.partition[i], other.offset[i]));
+            self.push(&other.names[other.symbol[i] as usize], other.ts[i], &values, raw);
         }
     }
 
@@ -568,12 +609,20 @@ impl ArchiveWriter {
     /// them under the same file names.
     pub fn advance(&mut self, watermark: i64) -> Result<(), ArchiveError> {
         self.watermark = self.watermark.max(watermark);
+        // What the encoding thread has done; after a failure there, all it
+        // had is back in the buffers, and the writes below happen here.
+        self.collect(false)?;
+        let background = self.encoder.is_some() && !self.failing;
         for s in 0..self.series.len() {
             // Oldest first, so an error leaves the newest buckets buffered.
             while let Some(i) = self.due(s) {
                 let mut bucket = self.series[s].buckets.swap_remove(i);
                 self.series[s].last_bucket = usize::MAX;
-                match self.write_bucket(&self.series[s], &mut bucket) {
+                if background {
+                    self.send(s, bucket)?;
+                    continue;
+                }
+                match self.files.write_bucket(&self.series[s].meta, &mut bucket) {
                     Ok((files, bytes)) => {
                         let rows = bucket.len() as u64;
                         self.stats.rows_written += rows;
@@ -582,32 +631,40 @@ impl ArchiveWriter {
                         self.stats.buffered_rows -= rows;
                     }
                     Err(e) => {
-                        self.series[s].buckets.push(bucket);
+                        self.series[s].put_back(bucket);
                         self.stats.failed_writes += 1;
                         return Err(e);
                     }
                 }
             }
         }
+        self.failing = false;
         Ok(())
     }
 
     /// Writes every bucket: the end of the input. Rows written afterwards
     /// count as late.
     pub fn finish(&mut self) -> Result<(), ArchiveError> {
-        self.advance(i64::MAX)
+        self.advance(i64::MAX)?;
+        self.collect(true)
     }
 
     /// A checkpoint: writes the rows of every open bucket as parts that
     /// continue its sequence, empties the buffers, and says where each open
     /// bucket stands.
     pub fn checkpoint(&mut self) -> Result<ArchiveCut, ArchiveError> {
+        // Buckets closed before the cut are on disk before it counts: the
+        // restore keeps closed buckets' files and never writes them again.
+        self.collect(true)?;
         let mut open = Vec::new();
         for s in 0..self.series.len() {
             for b in 0..self.series[s].buckets.len() {
                 let mut bucket = std::mem::replace(&mut self.series[s].buckets[b], Bucket::new(0, false, 0));
-                let result =
-                    if bucket.len() > 0 { self.write_bucket(&self.series[s], &mut bucket) } else { Ok((0, 0)) };
+                let result = if bucket.len() > 0 {
+                    self.files.write_bucket(&self.series[s].meta, &mut bucket)
+                } else {
+                    Ok((0, 0))
+                };
                 let (files, bytes) = match result {
                     Ok(done) => done,
                     Err(e) => {
@@ -625,7 +682,7 @@ impl ArchiveWriter {
                 if bucket.first_seq.is_some() {
                     bucket.written_up_to(next_seq);
                 }
-                open.push(OpenBucket { series: self.series[s].name.clone(), start_ms: bucket.start_ms, next_seq });
+                open.push(OpenBucket { series: self.series[s].meta.name.clone(), start_ms: bucket.start_ms, next_seq });
                 self.series[s].buckets[b] = bucket;
             }
         }
@@ -645,7 +702,7 @@ impl ArchiveWriter {
         if cut.roll_interval_ms as i64 != self.roll_ms {
             return Err(ArchiveError::Io {
                 op: "restoring from a checkpoint",
-                path: self.config.dir.clone(),
+                path: self.files.config.dir.clone(),
                 source: io::Error::other(format!(
                     "the checkpoint was taken with roll_interval_ms = {}, the config now says {}; put it back until the next checkpoint",
                     cut.roll_interval_ms, self.roll_ms
@@ -655,12 +712,12 @@ impl ArchiveWriter {
         self.watermark = cut.watermark;
         let keep: HashMap<(&str, i64), u32> =
             cut.open.iter().map(|o| ((o.series.as_str(), o.start_ms), o.next_seq)).collect();
-        let prefix = format!("part-w{}-", self.worker);
+        let prefix = format!("part-w{}-", self.files.worker);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ArchiveError::Io { op: "restoring from a checkpoint", path: path.clone(), source }
         };
-        let root = &self.config.dir;
+        let root = &self.files.config.dir;
         let series_dirs = match fs::read_dir(root) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -694,7 +751,7 @@ impl ArchiveWriter {
                     let held = keep.get(&(series.as_str(), start)).is_some_and(|&next| seq < next);
                     if !closed_at_cut && !held {
                         fs::remove_file(&path).map_err(io(&path))?;
-                        info!(worker = self.worker, path = %path.display(), "removed a part written after the checkpoint (it is written again)");
+                        info!(worker = self.files.worker, path = %path.display(), "removed a part written after the checkpoint (it is written again)");
                     }
                 }
             }
@@ -710,7 +767,86 @@ impl ArchiveWriter {
 
     /// The worker this writer belongs to.
     pub fn worker(&self) -> usize {
-        self.worker
+        self.files.worker
+    }
+
+    /// Encodes and writes closed buckets on a thread of this writer's own,
+    /// in the order they close, while the worker goes on with the next rows.
+    /// Files, names and bytes are those of the plain writer; what changes is
+    /// when they appear: `advance` hands the buckets over, and `finish` and
+    /// `checkpoint` wait until every bucket handed over is on disk. Errors
+    /// come back with the next call; from then on, until a write succeeds
+    /// again, this thread writes (and so the worker waits) as without one.
+    pub fn encode_in_background(mut self) -> Result<ArchiveWriter, ArchiveError> {
+        let encoder = Encoder::spawn(self.files.clone()).map_err(|source| ArchiveError::Io {
+            op: "starting the encoding thread of",
+            path: self.files.config.dir.clone(),
+            source,
+        })?;
+        self.encoder = Some(encoder);
+        Ok(self)
+    }
+
+    /// Hands closed bucket `bucket` of series `s` to the encoding thread,
+    /// waiting while its queue is full.
+    fn send(&mut self, s: usize, bucket: Bucket) -> Result<(), ArchiveError> {
+        let encoder = self.encoder.as_mut().expect("only called with an encoder");
+        let job = Job { series: s, meta: self.series[s].meta.clone(), bucket };
+        match encoder.jobs.as_ref().expect("open until dropped").send(job) {
+            Ok(()) => {
+                encoder.in_flight += 1;
+                Ok(())
+            }
+            Err(mpsc::SendError(job)) => {
+                self.series[s].put_back(job.bucket);
+                Err(encoder_gone(&self.files))
+            }
+        }
+    }
+
+    /// Takes the encoding thread's reports: those in so far, or with `wait`
+    /// all of them. A failed bucket, and those handed back untried after it,
+    /// return to the buffers; the first error is returned.
+    fn collect(&mut self, wait: bool) -> Result<(), ArchiveError> {
+        let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
+        let mut error = None;
+        while encoder.in_flight > 0 {
+            // After a failure, every bucket still out is taken back first.
+            let done = if wait || error.is_some() { encoder.done.recv().ok() } else { encoder.done.try_recv().ok() };
+            let Some(Done { series, rows, result }) = done else {
+                if wait || error.is_some() {
+                    // The thread is gone (it panicked) with buckets unwritten.
+                    return Err(error.unwrap_or_else(|| encoder_gone(&self.files)));
+                }
+                break;
+            };
+            encoder.in_flight -= 1;
+            match result {
+                Ok((files, bytes)) => {
+                    self.stats.rows_written += rows;
+                    self.stats.files_written += files;
+                    self.stats.bytes_written += bytes;
+                    self.stats.buffered_rows -= rows;
+                }
+                Err((e, bucket)) => {
+                    if let Some(e) = e {
+                        self.stats.failed_writes += 1;
+                        error.get_or_insert(e);
+                    }
+                    self.series[series].put_back(bucket);
+                }
+            }
+        }
+        if encoder.in_flight == 0 {
+            encoder.halted.store(false, Ordering::Release);
+        }
+        match error {
+            Some(e) => {
+                self.failing = true;
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 
     fn push(
@@ -735,7 +871,12 @@ impl ArchiveWriter {
                 Some(b) => b,
                 None => {
                     if late {
-                        debug!(worker = self.worker, series, bucket_start_ms = start, "late rows for a closed bucket");
+                        debug!(
+                            worker = self.files.worker,
+                            series,
+                            bucket_start_ms = start,
+                            "late rows for a closed bucket"
+                        );
                     }
                     let mut bucket = Bucket::new(start, late, fields.len());
                     if let Some(next) =
@@ -760,13 +901,13 @@ impl ArchiveWriter {
     /// checking it keeps its fields and kind.
     fn lookup(&mut self, series: &str, fields: &[String], raw: bool) -> Result<usize, ArchiveError> {
         let s = match self.series.get(self.last_series) {
-            Some(buf) if buf.name == series => self.last_series,
+            Some(buf) if buf.meta.name == series => self.last_series,
             _ => match self.by_name.get(series) {
                 Some(&s) => s,
                 None => self.register(series, fields, raw)?,
             },
         };
-        let buf = &self.series[s];
+        let buf = &self.series[s].meta;
         if buf.fields != fields {
             return Err(ArchiveError::FieldsChanged {
                 series: series.into(),
@@ -799,11 +940,7 @@ impl ArchiveWriter {
         let schema = series_schema(fields, raw);
         let props = writer_props(series, fields, raw, self.compression);
         self.series.push(SeriesBuf {
-            name: series.into(),
-            fields: fields.to_vec(),
-            raw,
-            schema,
-            props,
+            meta: Arc::new(SeriesMeta { name: series.into(), fields: fields.to_vec(), raw, schema, props }),
             buckets: Vec::new(),
             last_bucket: usize::MAX,
         });
@@ -819,9 +956,100 @@ impl ArchiveWriter {
             .filter(|&i| buckets[i].start_ms.saturating_add(roll) <= self.watermark)
             .min_by_key(|&i| buckets[i].start_ms)
     }
+}
 
+/// A closed bucket on its way to the encoding thread.
+struct Job {
+    series: usize,
+    meta: Arc<SeriesMeta>,
+    bucket: Bucket,
+}
+
+/// What became of a job: its files and bytes, or the bucket back with the
+/// error (`None`: not tried, because a write before it failed).
+struct Done {
+    series: usize,
+    rows: u64,
+    result: Result<(u64, u64), (Option<ArchiveError>, Bucket)>,
+}
+
+/// Closed buckets waiting for the encoding thread, beyond the one it is
+/// writing: enough to keep it busy, few enough to bound the memory.
+const ENCODER_QUEUE: usize = 2;
+
+/// The thread that encodes and writes one writer's closed buckets, one at a
+/// time in the order they closed (a late bucket's parts are numbered after
+/// those on disk, so the order matters).
+struct Encoder {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    done: mpsc::Receiver<Done>,
+    /// Jobs sent and not yet reported.
+    in_flight: usize,
+    /// Set by the thread when a write fails: it hands the jobs after that
+    /// one back untried until the writer has taken everything back.
+    halted: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Encoder {
+    fn spawn(files: Files) -> io::Result<Encoder> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(ENCODER_QUEUE);
+        let (report, done) = mpsc::channel();
+        let halted = Arc::new(AtomicBool::new(false));
+        let stop = halted.clone();
+        let thread = std::thread::Builder::new().name(format!("archive-w{}", files.worker)).spawn(move || {
+            for Job { series, meta, mut bucket } in queue {
+                let rows = bucket.len() as u64;
+                let result = if stop.load(Ordering::Acquire) {
+                    Err((None, bucket))
+                } else {
+                    // A written bucket is dropped here, off the worker.
+                    files.write_bucket(&meta, &mut bucket).map_err(|e| {
+                        stop.store(true, Ordering::Release);
+                        (Some(e), bucket)
+                    })
+                };
+                if report.send(Done { series, rows, result }).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Encoder { jobs: Some(jobs), done, in_flight: 0, halted, thread: Some(thread) })
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        // The thread writes what it was given, then ends.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn encoder_gone(files: &Files) -> ArchiveError {
+    ArchiveError::Encode {
+        path: files.config.dir.clone(),
+        reason: format!(
+            "worker {}'s encoding thread ended with buckets unwritten (a panic, see the log); they are replayed from the last checkpoint after a restart",
+            files.worker
+        ),
+    }
+}
+
+/// Where a writer's files go: the archive's config and the worker, all
+/// that writing a bucket needs besides the bucket (so a thread of its own
+/// can do it).
+#[derive(Clone)]
+struct Files {
+    config: Arc<ArchiveConfig>,
+    worker: usize,
+}
+
+impl Files {
     /// Writes one bucket's files; returns how many files and bytes.
-    fn write_bucket(&self, series: &SeriesBuf, bucket: &mut Bucket) -> Result<(u64, u64), ArchiveError> {
+    fn write_bucket(&self, series: &SeriesMeta, bucket: &mut Bucket) -> Result<(u64, u64), ArchiveError> {
         let dir =
             self.config.dir.join(format!("series={}", series.name)).join(format!("date={}", utc_date(bucket.start_ms)));
         self.ensure_dir(&dir)?;
@@ -1733,6 +1961,102 @@ mod tests {
         fs::remove_file(tmp.0.join("series=trades")).unwrap();
         w.advance(HOUR).unwrap();
         assert_eq!(read_series(&tmp.0, "trades").unwrap().len(), 1);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    /// Feeds `w` the generated rows, symbols interleaved, with watermark
+    /// advances, late rows and a checkpoint on the way, and finishes it.
+    fn feed_with_late_rows_and_a_checkpoint(w: &mut ArchiveWriter) {
+        let per_symbol = generated();
+        let fields = names(&["a", "b"]);
+        let mut next = vec![0usize; per_symbol.len()];
+        let mut rng = Rng(11);
+        let mut fed = 0;
+        loop {
+            let open: Vec<usize> = (0..per_symbol.len()).filter(|&s| next[s] < per_symbol[s].len()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let s = open[rng.below(open.len() as u64) as usize];
+            let (symbol, ts, values, partition, offset) = &per_symbol[s][next[s]];
+            next[s] += 1;
+            w.write("out", &fields, symbol, *ts, values).unwrap();
+            w.write_raw("trades", &fields, symbol, *ts, values, *partition, *offset).unwrap();
+            fed += 1;
+            if fed % 20 == 0 {
+                let safe =
+                    (0..per_symbol.len()).map(|s| per_symbol[s].get(next[s]).map_or(i64::MAX, |r| r.1)).min().unwrap();
+                w.advance(safe).unwrap();
+                // A row for a bucket the watermark has closed.
+                w.write("out", &fields, "LATE", safe - HOUR, &[fed as f64, 0.0]).unwrap();
+            }
+            if fed == 90 {
+                w.checkpoint().unwrap();
+            }
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn background_encoding_writes_the_plain_writers_files() {
+        let plain_dir = TempDir::new("plain");
+        let mut plain = archive(&plain_dir.0, 7).writer(0);
+        feed_with_late_rows_and_a_checkpoint(&mut plain);
+        let background_dir = TempDir::new("background");
+        let mut background = archive(&background_dir.0, 7).writer(0).encode_in_background().unwrap();
+        feed_with_late_rows_and_a_checkpoint(&mut background);
+
+        let (a, b) = (contents(&plain_dir.0), contents(&background_dir.0));
+        assert!(a.len() > 20, "many buckets, late parts and checkpoint parts: {:?}", a.keys());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (path, bytes) in &a {
+            assert!(b[path] == *bytes, "{path} differs");
+        }
+        assert_eq!(plain.stats(), background.stats());
+        assert_eq!(background.stats().buffered_rows, 0);
+    }
+
+    #[test]
+    fn a_failed_background_write_comes_back_and_no_row_is_lost_or_doubled() {
+        let tmp = TempDir::new("background-blocked");
+        let fields = names(&["price", "size"]);
+        let mut w = archive(&tmp.0, 1000).writer(0).encode_in_background().unwrap();
+        fs::write(tmp.0.join("series=trades"), b"not a directory").unwrap();
+        let mut offset = 0;
+        let mut trade = |w: &mut ArchiveWriter, ts: i64| {
+            offset += 1;
+            w.write_raw("trades", &fields, "AAPL", ts, &[offset as f64, 1.0], 0, offset).unwrap();
+            w.write("bars", &fields, "AAPL", ts, &[offset as f64, 1.0]).unwrap();
+        };
+        for hour in 0..3 {
+            trade(&mut w, hour * HOUR + 5);
+            trade(&mut w, hour * HOUR + 9);
+        }
+        // Handed over; the failure comes back with a later call. Meanwhile a
+        // late trade opens another bucket for the first hour.
+        let _ = w.advance(3 * HOUR);
+        trade(&mut w, 7);
+        let err = w.finish().unwrap_err();
+        assert!(err.to_string().contains("a file is in the way"), "{err}");
+        assert!(err.is_retryable());
+        // Until a write succeeds, the writer writes on the caller's thread:
+        // the error is there at once, and the worker waits.
+        assert!(w.advance(3 * HOUR).is_err());
+        assert!(w.stats().buffered_rows >= 7, "the trades stay buffered: {:?}", w.stats());
+
+        fs::remove_file(tmp.0.join("series=trades")).unwrap();
+        w.finish().unwrap();
+        assert_eq!(w.stats().buffered_rows, 0);
+        // Back in the background after the success.
+        trade(&mut w, 5 * HOUR);
+        w.finish().unwrap();
+
+        for series in ["trades", "bars"] {
+            let mut values: Vec<i64> =
+                read_series(&tmp.0, series).unwrap().iter().map(|r| r.values[0] as i64).collect();
+            values.sort();
+            assert_eq!(values, (1..=8).collect::<Vec<_>>(), "{series}: every row once");
+        }
         assert_no_temp_files(&tmp.0);
     }
 

@@ -17,6 +17,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::task::Poll;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
@@ -128,7 +130,7 @@ impl FileSource {
                         .trim()
                         .parse::<i64>()
                         .map_err(|_| bad(path, line, format!("`ts` must be integer milliseconds, got `{t}`")))?;
-                    chunk.symbols.push(sym.to_string());
+                    chunk.symbols.push(sym.into());
                     chunk.ts.push(t);
                     for (out, (&c, name)) in chunk.fields.iter_mut().zip(columns.iter().zip(&self.fields)) {
                         let raw = record.get(c).unwrap_or_default();
@@ -157,7 +159,7 @@ impl FileSource {
                         .get(&keys.1)
                         .and_then(|v| v.as_i64())
                         .ok_or_else(|| bad(path, n, format!("`{}` must be integer milliseconds", keys.1)))?;
-                    chunk.symbols.push(sym.to_string());
+                    chunk.symbols.push(sym.into());
                     chunk.ts.push(t);
                     for (out, name) in chunk.fields.iter_mut().zip(&self.fields) {
                         let v =
@@ -172,7 +174,7 @@ impl FileSource {
                 let pq = |e: arrow::error::ArrowError| FileError::Parquet { path: path.clone(), reason: e.to_string() };
                 let symbols = arrow::compute::cast(batch.column(*symbol), &DataType::Utf8).map_err(pq)?;
                 for s in symbols.as_string::<i32>().iter() {
-                    chunk.symbols.push(s.unwrap_or_default().to_string());
+                    chunk.symbols.push(s.unwrap_or_default().into());
                 }
                 chunk.ts = timestamps_ms(batch.column(*ts)).map_err(pq)?;
                 for (out, &c) in chunk.fields.iter_mut().zip(columns.iter()) {
@@ -182,6 +184,95 @@ impl FileSource {
             }
         }
         Ok(if chunk.is_empty() { None } else { Some(chunk) })
+    }
+}
+
+/// A file read and decoded on a thread of its own, up to `depth` chunks
+/// ahead of the worker that takes them, so that decoding overlaps with the
+/// work on the rows (the dataflow's file source has one reader for the
+/// whole file). The chunks, errors included, are [`FileSource::next_chunk`]'s,
+/// in the same order.
+pub struct ReadAhead {
+    path: PathBuf,
+    fields: Vec<String>,
+    chunks: mpsc::Receiver<Result<Option<Chunk>, FileError>>,
+    /// The end (or an error) was taken: nothing more comes.
+    ended: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// Starts reading `source` on a thread named `file-reader`, which calls
+    /// `ready` after each chunk it hands over (to wake the taker).
+    pub fn spawn(mut source: FileSource, depth: usize, ready: impl Fn() + Send + 'static) -> Result<Self, FileError> {
+        let (path, fields) = (source.path.clone(), source.fields.clone());
+        let (chunks, taken) = mpsc::sync_channel(depth.max(1));
+        let thread = std::thread::Builder::new()
+            .name("file-reader".into())
+            .spawn(move || {
+                loop {
+                    let next = source.next_chunk();
+                    let last = !matches!(next, Ok(Some(_)));
+                    // An error here: the taker went away.
+                    let handed = chunks.send(next).is_ok();
+                    ready();
+                    if last || !handed {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| FileError::Io { path: path.clone(), source: e })?;
+        Ok(ReadAhead { path, fields, chunks: taken, ended: false, thread: Some(thread) })
+    }
+
+    /// The field names, in column order.
+    pub fn fields(&self) -> &[String] {
+        &self.fields
+    }
+
+    /// The next chunk if it is decoded (`Ready(Ok(None))` at the end), or
+    /// `Pending` (then `ready` is called once it is).
+    pub fn poll_chunk(&mut self) -> Poll<Result<Option<Chunk>, FileError>> {
+        if self.ended {
+            return Poll::Ready(Ok(None));
+        }
+        match self.chunks.try_recv() {
+            Ok(next) => Poll::Ready(self.took(next)),
+            Err(mpsc::TryRecvError::Empty) => Poll::Pending,
+            Err(mpsc::TryRecvError::Disconnected) => Poll::Ready(self.took(Err(self.gone()))),
+        }
+    }
+
+    /// The next chunk, waiting for it; `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>, FileError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let next = self.chunks.recv().unwrap_or_else(|_| Err(self.gone()));
+        self.took(next)
+    }
+
+    fn took(&mut self, next: Result<Option<Chunk>, FileError>) -> Result<Option<Chunk>, FileError> {
+        self.ended = !matches!(next, Ok(Some(_)));
+        next
+    }
+
+    fn gone(&self) -> FileError {
+        FileError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("the reading thread ended before the end of the file (a panic; see the log)"),
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Without a taker the thread stops after the chunk it is reading.
+        let (_, none) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.chunks, none));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -307,4 +398,114 @@ fn timestamps_ms(col: &dyn Array) -> Result<Vec<i64>, arrow::error::ArrowError> 
             if per_ms < 0 { v.saturating_mul(-per_ms) } else { v.div_euclid(per_ms) }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file under the temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("tickfold-file-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Seeded trades, one line each, with a malformed line at `bad`.
+    fn lines(rows: usize, bad: usize, json: bool) -> String {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut out = if json { String::new() } else { "symbol,ts,price,size\n".to_string() };
+        for i in 0..rows {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (symbol, price, size) =
+                (["AAPL", "MSFT", "BTC-USD"][(x % 3) as usize], (x % 100_000) as f64 / 7.0, x % 500);
+            let ts = if i == bad { "soon".to_string() } else { (1_700_000_000_000 + i as i64 * 3).to_string() };
+            out += &if json {
+                format!("{{\"symbol\":\"{symbol}\",\"ts\":{ts},\"price\":{price},\"size\":{size}}}\n")
+            } else {
+                format!("{symbol},{ts},{price},{size}\n")
+            };
+        }
+        out
+    }
+
+    type Taken = (Vec<(String, i64, Vec<u64>)>, Option<String>);
+
+    /// Every row taken with `next` until the end or an error, and the error.
+    fn take_all(mut next: impl FnMut() -> Result<Option<Chunk>, FileError>) -> Taken {
+        let mut rows = Vec::new();
+        loop {
+            match next() {
+                Ok(Some(chunk)) => {
+                    for i in 0..chunk.len() {
+                        let values = chunk.fields.iter().map(|c| c[i].to_bits()).collect();
+                        rows.push((chunk.symbols[i].to_string(), chunk.ts[i], values));
+                    }
+                }
+                Ok(None) => return (rows, None),
+                Err(e) => return (rows, Some(e.to_string())),
+            }
+        }
+    }
+
+    #[test]
+    fn reading_ahead_gives_the_plain_readers_chunks_and_errors() {
+        for (name, text) in [
+            ("clean.csv", lines(1000, usize::MAX, false)),
+            ("bad.csv", lines(1000, 700, false)),
+            ("clean.jsonl", lines(1000, usize::MAX, true)),
+            ("bad.jsonl", lines(1000, 700, true)),
+        ] {
+            let file = TempFile::new(name, &text);
+            let mut plain = FileSource::open(&file.0, 64).unwrap();
+            let expected = take_all(|| plain.next_chunk());
+            assert_eq!(expected.0.len(), if name.starts_with("bad") { 700 - 700 % 64 } else { 1000 }, "{name}");
+            assert_eq!(expected.1.is_some(), name.starts_with("bad"), "{name}: {:?}", expected.1);
+
+            let mut waiting = ReadAhead::spawn(FileSource::open(&file.0, 64).unwrap(), 2, || {}).unwrap();
+            assert_eq!(waiting.fields(), ["price", "size"]);
+            assert_eq!(take_all(|| waiting.next_chunk()), expected, "{name}, waiting");
+
+            let mut polling = ReadAhead::spawn(FileSource::open(&file.0, 64).unwrap(), 1, || {}).unwrap();
+            let polled = take_all(|| {
+                loop {
+                    match polling.poll_chunk() {
+                        Poll::Ready(next) => return next,
+                        Poll::Pending => std::thread::yield_now(),
+                    }
+                }
+            });
+            assert_eq!(polled, expected, "{name}, polling");
+            assert!(matches!(polling.poll_chunk(), Poll::Ready(Ok(None))), "after the end, the end again");
+        }
+    }
+
+    #[test]
+    fn a_read_ahead_dropped_early_stops_its_thread() {
+        let file = TempFile::new("early.csv", &lines(5000, usize::MAX, false));
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = woken.clone();
+        let mut reader = ReadAhead::spawn(FileSource::open(&file.0, 10).unwrap(), 1, move || {
+            w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(reader.next_chunk().unwrap().unwrap().len(), 10);
+        // The thread is blocked handing over a chunk; dropping must end it
+        // (the drop joins it), not hang.
+        drop(reader);
+        let handed = woken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(handed < 500, "it stopped early: {handed} chunks");
+    }
 }

@@ -52,7 +52,7 @@ mod inline_values {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Chunk {
     /// The key (symbol) of each sample.
-    pub symbols: Vec<String>,
+    pub symbols: Vec<compact_str::CompactString>,
     /// Event time of each sample, ms since the Unix epoch, UTC.
     pub ts: Vec<i64>,
     /// One column per field, in the source's field order.

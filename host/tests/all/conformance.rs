@@ -415,7 +415,7 @@ fn the_indicator_chain_from_trades_matches_the_references() {
     let mut sink = Collect(Vec::new());
     for part in data.chunks(1000) {
         let chunk = tickfold::source::Chunk {
-            symbols: part.iter().map(|t| t.symbol.to_string()).collect(),
+            symbols: part.iter().map(|t| t.symbol.as_str().into()).collect(),
             ts: part.iter().map(|t| t.ts).collect(),
             fields: vec![part.iter().map(|t| t.price).collect(), part.iter().map(|t| t.size).collect()],
         };
