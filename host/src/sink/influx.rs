@@ -133,45 +133,221 @@ pub struct InfluxStats {
     pub last_error: Option<String>,
 }
 
-/// The InfluxDB sink: one writer thread, fed by [`InfluxWriter`]s.
+impl InfluxStats {
+    /// Adds another connection's counts.
+    fn add(&mut self, other: InfluxStats) {
+        self.points_written += other.points_written;
+        self.batches_written += other.batches_written;
+        self.bytes_sent += other.bytes_sent;
+        self.retries += other.retries;
+        self.points_rejected += other.points_rejected;
+        self.points_skipped_non_finite += other.points_skipped_non_finite;
+        self.points_skipped_unwritable += other.points_skipped_unwritable;
+        self.buffered_points += other.buffered_points;
+        self.buffer_capacity += other.buffer_capacity;
+        if self.write_buckets.len() < other.write_buckets.len() {
+            self.write_buckets.resize(other.write_buckets.len(), 0);
+        }
+        for (total, n) in self.write_buckets.iter_mut().zip(&other.write_buckets) {
+            *total += n;
+        }
+        self.write_ns += other.write_ns;
+        if self.last_error.is_none() {
+            self.last_error = other.last_error;
+        }
+    }
+}
+
+/// The InfluxDB sink: `connections` writer threads (lanes), fed by
+/// [`InfluxWriter`]s; each series goes to one lane, so its points are
+/// written in order.
 ///
 /// Close it with [`InfluxSink::close`] to learn whether everything was
-/// written. Dropping it instead lets the thread write what is left (for up
+/// written. Dropping it instead lets the threads write what is left (for up
 /// to `close_timeout_ms`) in the background.
 pub struct InfluxSink {
-    shared: Arc<Shared>,
+    lanes: Vec<Lane>,
     tags: Arc<TagSet>,
     batch_points: usize,
     flush_interval: Duration,
     close_timeout_ms: u64,
+}
+
+/// One connection's writer thread and the state it shares with writers.
+struct Lane {
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl InfluxSink {
-    /// Validates `config` and starts the writer thread. Nothing is sent
+    /// Validates `config` and starts the writer threads. Nothing is sent
     /// until points are written: an unreachable server is not an error here
     /// (writes wait for it).
     pub fn start(config: InfluxConfig) -> Result<InfluxSink, InfluxError> {
         let endpoint = config.resolve()?;
         let tags = Arc::new(TagSet::new(&config.tags));
+        info!(
+            url = %endpoint.base, api = config.api.name(), target = %endpoint.target,
+            "InfluxDB sink started: writing batches of up to {} points over {} connection(s)", config.batch_points, config.connections
+        );
+        let mut sink = InfluxSink {
+            lanes: Vec::with_capacity(config.connections),
+            tags,
+            batch_points: config.batch_points,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            close_timeout_ms: config.close_timeout_ms,
+        };
+        for lane in 0..config.connections {
+            // On error, dropping `sink` stops the lanes already started.
+            sink.lanes.push(Lane::start(&config, &endpoint, lane)?);
+        }
+        Ok(sink)
+    }
+
+    /// A new writer, for one dataflow worker.
+    pub fn writer(&self) -> InfluxWriter {
+        InfluxWriter {
+            lanes: self
+                .lanes
+                .iter()
+                .map(|lane| LaneBuffer { shared: lane.shared.clone(), lines: String::new(), points: 0 })
+                .collect(),
+            tags: self.tags.clone(),
+            points: 0,
+            since: Instant::now(),
+            batch_points: self.batch_points,
+            flush_interval: self.flush_interval,
+            warned_unwritable: false,
+            last_route: None,
+        }
+    }
+
+    /// Blocks until every point handed over before the call has been
+    /// written (or rejected by the server: see [`InfluxStats`]), posting
+    /// them without waiting for the flush interval. While the server is
+    /// down this waits for it, as writers do.
+    pub fn sync(&self) -> Result<(), InfluxError> {
+        while !self.sync_within(Duration::from_secs(3600))? {}
+        Ok(())
+    }
+
+    /// [`sync`](Self::sync), waiting at most `limit`: true when every point
+    /// handed over before the call is settled, false if some are not yet
+    /// (the server is down or slow; they stay buffered and will be
+    /// written).
+    pub fn sync_within(&self, limit: Duration) -> Result<bool, InfluxError> {
+        let deadline = Instant::now() + limit;
+        // Every lane is told first, so they post at once, in parallel.
+        let targets: Vec<u64> = self.lanes.iter().map(|lane| lane.shared.flush_all()).collect();
+        for (lane, target) in self.lanes.iter().zip(targets) {
+            if !lane.shared.settled_by(target, deadline)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// How long [`close`](Self::close) keeps trying.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+
+    /// The counts so far, over all connections.
+    pub fn stats(&self) -> InfluxStats {
+        let mut total = InfluxStats::default();
+        for lane in &self.lanes {
+            total.add(lane.shared.stats());
+        }
+        total
+    }
+
+    /// Writes everything handed over (trying for at most
+    /// `close_timeout_ms`) and stops the writer threads. Finish every
+    /// writer first: points handed over after this are refused.
+    pub fn close(mut self) -> Result<InfluxStats, InfluxError> {
+        self.shut();
+        let mut panicked = false;
+        for lane in &mut self.lanes {
+            let thread = lane.thread.take().expect("only close and drop take the threads");
+            panicked |= thread.join().is_err();
+        }
+        let stats = self.stats();
+        if panicked {
+            return Err(InfluxError::Stopped { points: stats.buffered_points });
+        }
+        if stats.buffered_points > 0 {
+            return Err(InfluxError::Unwritten {
+                points: stats.buffered_points,
+                timeout_ms: self.close_timeout_ms,
+                last_error: stats.last_error.unwrap_or_else(|| "none".into()),
+            });
+        }
+        info!(
+            points_written = stats.points_written,
+            points_rejected = stats.points_rejected,
+            batches_written = stats.batches_written,
+            "InfluxDB sink closed"
+        );
+        Ok(stats)
+    }
+
+    /// Starts the close deadline without closing: from now on the writer
+    /// threads post what they get without waiting for the flush interval
+    /// and retry for at most `close_timeout_ms` from now, then give up,
+    /// which also releases writers blocked on a full buffer (their points
+    /// are reported as not written). Writers may still hand over points
+    /// until [`close`](Self::close): the threads only stop, with nothing
+    /// left, once closed. For a host that must stop while the server is
+    /// down.
+    pub fn begin_close(&self) {
+        let deadline = Instant::now() + Duration::from_millis(self.close_timeout_ms);
+        for lane in &self.lanes {
+            let mut state = lane.shared.lock();
+            if state.closing.is_none() {
+                state.closing = Some(deadline);
+            }
+            drop(state);
+            lane.shared.to_thread.notify_one();
+        }
+    }
+
+    /// No writer hands over anything more: the threads write what they
+    /// have (within the close deadline) and stop.
+    fn shut(&self) {
+        self.begin_close();
+        for lane in &self.lanes {
+            lane.shared.lock().closed = true;
+            lane.shared.to_thread.notify_one();
+        }
+    }
+}
+
+impl Drop for InfluxSink {
+    fn drop(&mut self) {
+        if self.lanes.iter().any(|lane| lane.thread.is_some()) {
+            self.shut();
+        }
+    }
+}
+
+impl Lane {
+    /// Starts lane `index`'s writer thread.
+    fn start(config: &InfluxConfig, endpoint: &config::Endpoint, index: usize) -> Result<Lane, InfluxError> {
+        // The buffer is shared out: `resolve` checked that a batch fits.
+        let buffer_points = (config.buffer_points / config.connections) as u64;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             to_thread: Condvar::new(),
             to_writers: Condvar::new(),
             counters: Counters::default(),
-            buffer_points: config.buffer_points as u64,
+            buffer_points,
             close_timeout_ms: config.close_timeout_ms,
         });
-        info!(
-            url = %endpoint.base, api = config.api.name(), target = %endpoint.target,
-            "InfluxDB sink started: writing batches of up to {} points", config.batch_points
-        );
         let timeout = Duration::from_millis(config.timeout_ms);
-        let thread_shared = shared.clone();
-        let thread_config = config.clone();
+        let (thread_shared, thread_config, endpoint) = (shared.clone(), config.clone(), endpoint.clone());
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
-            .name("influx-writer".into())
+            .name(if index == 0 { "influx-writer".into() } else { format!("influx-writer-{index}") })
             .spawn(move || {
                 // The blocking client runs its own runtime, and may not be
                 // built or dropped inside an async one: build it here, on a
@@ -195,163 +371,90 @@ impl InfluxSink {
             })
             .map_err(InfluxError::Spawn)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(InfluxError::Client("the writer thread ended while building the client".into())),
-        }
-        Ok(InfluxSink {
-            shared,
-            tags,
-            batch_points: config.batch_points,
-            flush_interval: Duration::from_millis(config.flush_interval_ms),
-            close_timeout_ms: config.close_timeout_ms,
-            thread: Some(thread),
-        })
-    }
-
-    /// A new writer, for one dataflow worker.
-    pub fn writer(&self) -> InfluxWriter {
-        InfluxWriter {
-            shared: self.shared.clone(),
-            tags: self.tags.clone(),
-            lines: String::new(),
-            points: 0,
-            since: Instant::now(),
-            batch_points: self.batch_points,
-            flush_interval: self.flush_interval,
-            warned_unwritable: false,
-        }
-    }
-
-    /// Blocks until every point handed over before the call has been
-    /// written (or rejected by the server: see [`InfluxStats`]), posting
-    /// them without waiting for the flush interval. While the server is
-    /// down this waits for it, as writers do.
-    pub fn sync(&self) -> Result<(), InfluxError> {
-        while !self.sync_within(Duration::from_secs(3600))? {}
-        Ok(())
-    }
-
-    /// [`sync`](Self::sync), waiting at most `limit`: true when every point
-    /// handed over before the call is settled, false if some are not yet
-    /// (the server is down or slow; they stay buffered and will be
-    /// written).
-    pub fn sync_within(&self, limit: Duration) -> Result<bool, InfluxError> {
-        let deadline = Instant::now() + limit;
-        let mut state = self.shared.lock();
-        let target = state.handed;
-        state.flush_through = state.flush_through.max(target);
-        self.shared.to_thread.notify_one();
-        while state.settled < target {
-            if state.stopped.is_some() {
-                return Err(InfluxError::Stopped { points: state.handed - state.settled });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            state =
-                self.shared.to_writers.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
-        }
-        Ok(true)
-    }
-
-    /// How long [`close`](Self::close) keeps trying.
-    pub fn close_timeout(&self) -> Duration {
-        Duration::from_millis(self.close_timeout_ms)
-    }
-
-    /// The counts so far.
-    pub fn stats(&self) -> InfluxStats {
-        self.shared.stats()
-    }
-
-    /// Writes everything handed over (trying for at most
-    /// `close_timeout_ms`) and stops the writer thread. Finish every
-    /// writer first: points handed over after this are refused.
-    pub fn close(mut self) -> Result<InfluxStats, InfluxError> {
-        self.shut();
-        let thread = self.thread.take().expect("only close and drop take the thread");
-        let panicked = thread.join().is_err();
-        let stats = self.shared.stats();
-        if panicked {
-            return Err(InfluxError::Stopped { points: stats.buffered_points });
-        }
-        if stats.buffered_points > 0 {
-            return Err(InfluxError::Unwritten {
-                points: stats.buffered_points,
-                timeout_ms: self.close_timeout_ms,
-                last_error: stats.last_error.unwrap_or_else(|| "none".into()),
-            });
-        }
-        info!(
-            points_written = stats.points_written,
-            points_rejected = stats.points_rejected,
-            batches_written = stats.batches_written,
-            "InfluxDB sink closed"
-        );
-        Ok(stats)
-    }
-
-    /// Starts the close deadline without closing: from now on the writer
-    /// thread posts what it gets without waiting for the flush interval
-    /// and retries for at most `close_timeout_ms` from now, then gives up,
-    /// which also releases writers blocked on a full buffer (their points
-    /// are reported as not written). Writers may still hand over points
-    /// until [`close`](Self::close): the thread only stops, with nothing
-    /// left, once closed. For a host that must stop while the server is
-    /// down.
-    pub fn begin_close(&self) {
-        let mut state = self.shared.lock();
-        if state.closing.is_none() {
-            state.closing = Some(Instant::now() + Duration::from_millis(self.close_timeout_ms));
-        }
-        drop(state);
-        self.shared.to_thread.notify_one();
-    }
-
-    /// No writer hands over anything more: the thread writes what it has
-    /// (within the close deadline) and stops.
-    fn shut(&self) {
-        self.begin_close();
-        self.shared.lock().closed = true;
-        self.shared.to_thread.notify_one();
-    }
-}
-
-impl Drop for InfluxSink {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.shut();
+            Ok(Ok(())) => Ok(Lane { shared, thread: Some(thread) }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(InfluxError::Client("the writer thread ended while building the client".into())),
         }
     }
 }
 
-/// One dataflow worker's writer: formats samples into a local buffer and
-/// hands it to the sink's thread when it holds `batch_points` points, when
-/// its oldest line is `flush_interval_ms` old, or when told to.
+/// One dataflow worker's writer: formats samples into a buffer per lane
+/// and hands them to the lanes' threads when one holds `batch_points`
+/// points, when the oldest line is `flush_interval_ms` old, or when told to.
 ///
-/// Handing over blocks while the sink's buffer is full (back-pressure).
+/// Handing over blocks while a lane's buffer is full (back-pressure).
 /// Dropping a writer hands over what it holds.
 pub struct InfluxWriter {
-    shared: Arc<Shared>,
+    lanes: Vec<LaneBuffer>,
     tags: Arc<TagSet>,
-    /// Lines not yet handed over, each ending in `\n`.
-    lines: String,
+    /// Points in all lanes' buffers.
     points: usize,
-    /// When the first line in `lines` was written.
+    /// When the oldest line not handed over was written.
     since: Instant,
     batch_points: usize,
     flush_interval: Duration,
     warned_unwritable: bool,
+    /// The last series and symbol routed, and their lane: outputs come in
+    /// runs of one series and key.
+    last_route: Option<(String, compact_str::CompactString, usize)>,
+}
+
+/// A writer's lines for one lane.
+struct LaneBuffer {
+    shared: Arc<Shared>,
+    /// Lines not yet handed over, each ending in `\n`.
+    lines: String,
+    points: usize,
 }
 
 impl InfluxWriter {
-    /// Sends the lines written so far to the sink's thread, waiting while
-    /// the sink already holds `buffer_points` unwritten points. Call it
-    /// when the worker's frontier moves, so that a quiet worker's last
-    /// points do not wait for more.
+    /// Sends the lines written so far to the lanes' threads, waiting while
+    /// a lane already holds its share of `buffer_points` unwritten points.
+    /// Call it when the worker's frontier moves, so that a quiet worker's
+    /// last points do not wait for more.
     pub fn hand_over(&mut self) -> Result<(), InfluxError> {
+        self.points = 0;
+        let mut result = Ok(());
+        for lane in &mut self.lanes {
+            // Every lane gets its lines even if one refuses them.
+            let handed = lane.hand_over(self.since);
+            if result.is_ok() {
+                result = handed;
+            }
+        }
+        result
+    }
+
+    /// The lane of `series` and `symbol`'s points: by a fixed hash, so the
+    /// same on every worker and in every run.
+    fn lane(&mut self, series: &str, symbol: &str) -> usize {
+        if self.lanes.len() == 1 {
+            return 0;
+        }
+        if let Some((s, k, lane)) = &self.last_route
+            && s == series
+            && k == symbol
+        {
+            return *lane;
+        }
+        let mut hash = rustc_hash::FxHasher::default();
+        std::hash::Hash::hash(&(series, symbol), &mut hash);
+        let lane = (std::hash::Hasher::finish(&hash) % self.lanes.len() as u64) as usize;
+        match &mut self.last_route {
+            Some((s, k, l)) => {
+                s.clear();
+                s.push_str(series);
+                *k = symbol.into();
+                *l = lane;
+            }
+            None => self.last_route = Some((series.to_string(), symbol.into(), lane)),
+        }
+        lane
+    }
+}
+
+impl LaneBuffer {
+    fn hand_over(&mut self, since: Instant) -> Result<(), InfluxError> {
         if self.points == 0 {
             return Ok(());
         }
@@ -378,7 +481,7 @@ impl InfluxWriter {
         // Swap in an emptied buffer the thread gave back, keeping its capacity.
         let spare = state.spare.pop().unwrap_or_default();
         let lines = std::mem::replace(&mut self.lines, spare);
-        state.queue.push_back(Chunk { lines, start: 0, points, since: self.since });
+        state.queue.push_back(Chunk { lines, start: 0, points, since });
         state.handed += points;
         drop(state);
         shared.to_thread.notify_one();
@@ -391,13 +494,18 @@ impl crate::exec::OutputWriter for InfluxWriter {
         if self.points == 0 {
             self.since = Instant::now();
         }
-        match push_line(&mut self.lines, &self.tags, series, fields, symbol, ts, values) {
-            Ok(()) => self.points += 1,
+        let l = self.lane(series, symbol);
+        let lane = &mut self.lanes[l];
+        match push_line(&mut lane.lines, &self.tags, series, fields, symbol, ts, values) {
+            Ok(()) => {
+                lane.points += 1;
+                self.points += 1;
+            }
             Err(Skip::NonFinite) => {
-                self.shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
+                lane.shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
             }
             Err(Skip::Unwritable) => {
-                self.shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
+                lane.shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
                 // Once per writer: the counter tells the rest.
                 if !std::mem::replace(&mut self.warned_unwritable, true) {
                     warn!(
@@ -407,7 +515,12 @@ impl crate::exec::OutputWriter for InfluxWriter {
                 }
             }
         }
-        if self.points >= self.batch_points || (self.points > 0 && self.since.elapsed() >= self.flush_interval) {
+        if self.lanes[l].points >= self.batch_points {
+            // A full batch goes now; the other lanes keep filling.
+            self.points -= self.lanes[l].points;
+            self.lanes[l].hand_over(self.since).map_err(std::io::Error::other)?;
+        }
+        if self.points > 0 && self.since.elapsed() >= self.flush_interval {
             self.hand_over().map_err(std::io::Error::other)?;
         }
         Ok(())
@@ -545,6 +658,33 @@ impl Shared {
             write_ns: c.request_ns.load(Ordering::Relaxed),
             last_error: self.last_error(),
         }
+    }
+
+    /// Asks the thread to post everything handed over so far without
+    /// waiting for the flush interval; returns the count to wait for.
+    fn flush_all(&self) -> u64 {
+        let mut state = self.lock();
+        let target = state.handed;
+        state.flush_through = state.flush_through.max(target);
+        drop(state);
+        self.to_thread.notify_one();
+        target
+    }
+
+    /// Waits until `target` points are settled, or `deadline` (false).
+    fn settled_by(&self, target: u64, deadline: Instant) -> Result<bool, InfluxError> {
+        let mut state = self.lock();
+        while state.settled < target {
+            if state.stopped.is_some() {
+                return Err(InfluxError::Stopped { points: state.handed - state.settled });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            state = self.to_writers.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        Ok(true)
     }
 
     fn last_error(&self) -> Option<String> {

@@ -176,6 +176,9 @@ fn config(mock: &Mock) -> InfluxConfig {
         initial_backoff_ms: 1,
         max_backoff_ms: 20,
         close_timeout_ms: 10_000,
+        // One lane, so requests and their order are the test's to predict;
+        // `series_spread_over_connections_…` tests several.
+        connections: 1,
         ..InfluxConfig::v1(mock.url(), "ticks")
     }
 }
@@ -729,4 +732,60 @@ fn many_writers_lose_nothing_and_keep_their_order() {
             .collect();
         assert_eq!(times, (0..2000).map(|i| T0 + i).collect::<Vec<_>>(), "writer {writer}'s points, in order");
     }
+}
+
+#[test]
+fn series_spread_over_connections_stay_in_order_and_are_all_written_once() {
+    // Slow answers, and every third request refused once, so the lanes
+    // overlap and retry while others go on.
+    let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now, max) = (in_flight.clone(), most.clone());
+    let mock = Mock::start(move |i, _| {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(15));
+        now.fetch_sub(1, Ordering::SeqCst);
+        if i % 3 == 2 { Reply::status(503) } else { Reply::status(204) }
+    });
+    let sink = InfluxSink::start(InfluxConfig { connections: 3, batch_points: 10, ..config(&mock) }).unwrap();
+    let mut w = sink.writer();
+    for i in 0..50 {
+        for k in 0..20 {
+            w.write("s", &["v".to_string()], &format!("S{k}"), T0 + i, &[i as f64]).unwrap();
+        }
+    }
+    w.hand_over().unwrap();
+    sink.sync().unwrap();
+    let stats = sink.close().unwrap();
+    assert_eq!((stats.points_written, stats.buffered_points), (1000, 0));
+    assert!(stats.retries > 0, "{stats:?}");
+    assert!(most.load(Ordering::SeqCst) >= 2, "requests overlapped on several connections");
+    let accepted = mock.accepted();
+    assert_eq!(accepted.len(), 1000, "each point once");
+    for k in 0..20 {
+        let tag = format!("s,symbol=S{k} ");
+        let times: Vec<i64> = accepted
+            .iter()
+            .filter(|l| l.starts_with(&tag))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(times, (0..50).map(|i| T0 + i).collect::<Vec<_>>(), "S{k}'s points in order");
+    }
+}
+
+#[test]
+fn connections_must_be_sane_and_share_the_buffer() {
+    let mock = Mock::start(|_, _| Reply::status(204));
+    for (connections, buffer_points, problem) in
+        [(0, 200_000, "must be from 1 to 64"), (65, 200_000, "must be from 1 to 64"), (4, 3_999, "× `connections`")]
+    {
+        let config = InfluxConfig { connections, buffer_points, batch_points: 1000, ..config(&mock) };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains(problem), "{message}");
+    }
+    let sink =
+        InfluxSink::start(InfluxConfig { connections: 4, buffer_points: 4_000, batch_points: 1000, ..config(&mock) })
+            .unwrap();
+    assert_eq!(sink.stats().buffer_capacity, 4_000);
+    sink.close().unwrap();
 }
