@@ -15,11 +15,23 @@
 //! holds `tickfold.series`, `tickfold.fields` (a JSON array) and
 //! `tickfold.kind` (`raw` or `output`).
 //!
-//! Each dataflow worker owns one [`ArchiveWriter`]: no locks, no threads,
-//! encoding runs on the worker. It buffers rows per (series, event-time
-//! bucket of `roll_interval_ms`, aligned to the epoch) and writes a bucket
-//! once [`ArchiveWriter::advance`] moves the watermark to or past the
-//! bucket's end. `date` is the UTC date of the bucket's start.
+//! Each dataflow worker owns one [`ArchiveWriter`], with no locks. It
+//! buffers rows per (series, event-time bucket of `roll_interval_ms`,
+//! aligned to the epoch) and writes a bucket once
+//! [`ArchiveWriter::advance`] moves the watermark to or past the bucket's
+//! end. `date` is the UTC date of the bucket's start.
+//!
+//! **Encoding in the background.** The host's writers
+//! ([`ArchiveWriter::encode_in_background`]) hand closed buckets to a thread
+//! of their own, which orders, encodes, compresses and writes them one at a
+//! time in the order they closed, so a worker goes on with its rows while a
+//! core with room does the Parquet work (with few keys, one worker is
+//! often busier than the other). The files are the plain writer's, byte
+//! for byte (a test compares them). `checkpoint` and `finish` wait for the
+//! thread. A failed write comes back with a later call, with its bucket
+//! and those handed over after it (untried) returned to the buffers; from
+//! then until a write succeeds the writer writes on the worker, so the
+//! worker waits (back-pressure) as it would without the thread.
 //!
 //! **Why names and bytes are deterministic.** A worker gets rows from
 //! several source workers in an order that changes from run to run, but the
@@ -383,8 +395,13 @@ impl SeriesBuf {
         self.last_bucket = usize::MAX;
         if let Some(i) = self.buckets.iter().position(|b| b.start_ms == bucket.start_ms) {
             let other = self.buckets.swap_remove(i);
-            let (mut keep, rest) =
-                if other.first_seq.is_some() && bucket.first_seq.is_none() { (other, bucket) } else { (bucket, other) };
+            let keep_other = match (other.first_seq.is_some(), bucket.first_seq.is_some()) {
+                (true, false) => true,
+                (false, true) => false,
+                // Neither tried: the on-time one came first.
+                _ => !other.late && bucket.late,
+            };
+            let (mut keep, rest) = if keep_other { (other, bucket) } else { (bucket, other) };
             keep.absorb(&rest);
             bucket = keep;
         }

@@ -1,17 +1,23 @@
 //! The InfluxDB sink: samples as line protocol, batched, gzipped and posted
-//! by one writer thread that retries until every line is written.
+//! by `connections` writer threads (lanes) that retry until every line is
+//! written.
 //!
 //! Each dataflow worker holds an [`InfluxWriter`] and formats its samples
-//! straight into a local buffer, with no lock per sample. Full buffers (or,
-//! at the latest, the dataflow's [`InfluxWriter::hand_over`] when its
-//! frontier moves) go to the sink's writer thread, which gathers them into
-//! requests of `batch_points` points and posts them.
+//! straight into a local buffer per lane, with no lock per sample. A
+//! sample's lane is fixed by a hash of its series and symbol, so each
+//! series is posted in the order it was made, while the lanes' requests
+//! are in flight at once (InfluxDB parses and indexes them in parallel).
+//! Full buffers (or, at the latest, the dataflow's
+//! [`InfluxWriter::hand_over`] when its frontier moves) go to their lane's
+//! thread, which gathers them into requests of `batch_points` points and
+//! posts them.
 //!
 //! Delivery:
 //! - Nothing is dropped because the server is down, slow or misconfigured:
 //!   the same request is retried with exponential backoff for as long as
-//!   it takes. Meanwhile at most `buffer_points` points wait, and writers
-//!   that would go past that block (back-pressure) until the server is back.
+//!   it takes. Meanwhile at most `buffer_points` points wait (shared out
+//!   among the lanes), and writers that would go past that block
+//!   (back-pressure) until the server is back.
 //! - Only the server's own verdict drops points: a 400 (say, a field type
 //!   conflict) cannot be fixed by retrying, so its points are counted as
 //!   rejected and logged with the server's message.
@@ -152,7 +158,8 @@ impl InfluxStats {
             *total += n;
         }
         self.write_ns += other.write_ns;
-        if self.last_error.is_none() {
+        // A lane still holding points says why; otherwise any lane's.
+        if self.last_error.is_none() || (other.buffered_points > 0 && other.last_error.is_some()) {
             self.last_error = other.last_error;
         }
     }
@@ -334,7 +341,8 @@ impl Lane {
     /// Starts lane `index`'s writer thread.
     fn start(config: &InfluxConfig, endpoint: &config::Endpoint, index: usize) -> Result<Lane, InfluxError> {
         // The buffer is shared out: `resolve` checked that a batch fits.
-        let buffer_points = (config.buffer_points / config.connections) as u64;
+        let (share, rest) = (config.buffer_points / config.connections, config.buffer_points % config.connections);
+        let buffer_points = (share + usize::from(index < rest)) as u64;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             to_thread: Condvar::new(),

@@ -206,16 +206,31 @@ impl ReadAhead {
     /// `ready` after each chunk it hands over (to wake the taker).
     pub fn spawn(mut source: FileSource, depth: usize, ready: impl Fn() + Send + 'static) -> Result<Self, FileError> {
         let (path, fields) = (source.path.clone(), source.fields.clone());
+        Self::spawn_with(path, fields, move || source.next_chunk(), depth, ready)
+    }
+
+    /// [`spawn`](Self::spawn) over any chunk reader (tests give it one
+    /// that fails).
+    fn spawn_with(
+        path: PathBuf,
+        fields: Vec<String>,
+        mut next_chunk: impl FnMut() -> Result<Option<Chunk>, FileError> + Send + 'static,
+        depth: usize,
+        ready: impl Fn() + Send + 'static,
+    ) -> Result<Self, FileError> {
         let (chunks, taken) = mpsc::sync_channel(depth.max(1));
         let thread = std::thread::Builder::new()
             .name("file-reader".into())
             .spawn(move || {
+                // Also wakes the taker if decoding panics, so it finds the
+                // thread gone instead of waiting for a chunk forever.
+                let wake = WakeOnDrop(ready);
                 loop {
-                    let next = source.next_chunk();
+                    let next = next_chunk();
                     let last = !matches!(next, Ok(Some(_)));
                     // An error here: the taker went away.
                     let handed = chunks.send(next).is_ok();
-                    ready();
+                    (wake.0)();
                     if last || !handed {
                         break;
                     }
@@ -262,6 +277,15 @@ impl ReadAhead {
             path: self.path.clone(),
             source: std::io::Error::other("the reading thread ended before the end of the file (a panic; see the log)"),
         }
+    }
+}
+
+/// Calls its function when dropped, unwinding included.
+struct WakeOnDrop<F: Fn()>(F);
+
+impl<F: Fn()> Drop for WakeOnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
@@ -490,6 +514,34 @@ mod tests {
             assert_eq!(polled, expected, "{name}, polling");
             assert!(matches!(polling.poll_chunk(), Poll::Ready(Ok(None))), "after the end, the end again");
         }
+    }
+
+    #[test]
+    fn a_reader_thread_that_panics_wakes_its_taker_with_an_error() {
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = woken.clone();
+        let mut calls = 0;
+        let next = move || {
+            calls += 1;
+            if calls > 1 {
+                panic!("a decoder bug");
+            }
+            Ok(Some(Chunk::with_fields(0)))
+        };
+        let wake = move || {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        let mut reader = ReadAhead::spawn_with("x.csv".into(), Vec::new(), next, 4, wake).unwrap();
+        // Woken for the chunk, and again as the thread dies.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while woken.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "the taker was not woken");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(matches!(reader.poll_chunk(), Poll::Ready(Ok(Some(_)))));
+        let Poll::Ready(Err(e)) = reader.poll_chunk() else { panic!("the thread's end is an error") };
+        assert!(e.to_string().contains("the reading thread ended"), "{e}");
+        assert!(matches!(reader.poll_chunk(), Poll::Ready(Ok(None))), "reported once");
     }
 
     #[test]
