@@ -199,6 +199,23 @@ fn lines(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(line).collect()
 }
 
+/// Checks that the server accepted, of series `s`, symbols `{prefix}0` to
+/// `{prefix}{symbols - 1}` each with the times `T0 .. T0 + points`, every
+/// point once and each symbol's in order.
+fn each_symbol_once_in_order(mock: &Mock, prefix: &str, symbols: usize, points: i64) {
+    let accepted = mock.accepted();
+    assert_eq!(accepted.len(), symbols * points as usize, "no point lost or written twice");
+    for k in 0..symbols {
+        let start = format!("s,symbol={prefix}{k} ");
+        let times: Vec<i64> = accepted
+            .iter()
+            .filter(|l| l.starts_with(&start))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(times, (0..points).map(|i| T0 + i).collect::<Vec<_>>(), "{prefix}{k}'s points, in order");
+    }
+}
+
 /// Waits (up to a generous limit) until `done` holds.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -721,17 +738,7 @@ fn many_writers_lose_nothing_and_keep_their_order() {
     });
     let stats = sink.close().unwrap();
     assert_eq!(stats.points_written, 8000);
-    let accepted = mock.accepted();
-    assert_eq!(accepted.len(), 8000, "no point lost or written twice");
-    for writer in 0..4 {
-        let tag = format!("symbol=W{writer} ");
-        let times: Vec<i64> = accepted
-            .iter()
-            .filter(|l| l.contains(&tag))
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(times, (0..2000).map(|i| T0 + i).collect::<Vec<_>>(), "writer {writer}'s points, in order");
-    }
+    each_symbol_once_in_order(&mock, "W", 4, 2000);
 }
 
 #[test]
@@ -760,17 +767,7 @@ fn series_spread_over_connections_stay_in_order_and_are_all_written_once() {
     assert_eq!((stats.points_written, stats.buffered_points), (1000, 0));
     assert!(stats.retries > 0, "{stats:?}");
     assert!(most.load(Ordering::SeqCst) >= 2, "requests overlapped on several connections");
-    let accepted = mock.accepted();
-    assert_eq!(accepted.len(), 1000, "each point once");
-    for k in 0..20 {
-        let tag = format!("s,symbol=S{k} ");
-        let times: Vec<i64> = accepted
-            .iter()
-            .filter(|l| l.starts_with(&tag))
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(times, (0..50).map(|i| T0 + i).collect::<Vec<_>>(), "S{k}'s points in order");
-    }
+    each_symbol_once_in_order(&mock, "S", 20, 50);
 }
 
 #[test]
