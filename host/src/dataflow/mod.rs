@@ -120,7 +120,9 @@ pub const MAX_IN_FLIGHT: i64 = 200_000;
 const READ_AHEAD: usize = 4;
 
 /// Wall time the workers spent per stage, summed over workers, in ns. The
-/// workers never block in these stages, so this is their CPU time there.
+/// workers block only where `sink_wait_ns` (InfluxDB's full buffer) or a
+/// full archive queue (inside `sinks_ns`) holds them, so the rest is their
+/// CPU time there, plus any wait for a core.
 #[derive(Debug, Default)]
 pub struct StageTimes {
     /// Reading partitions (librdkafka's local queues) and decoding.
@@ -128,7 +130,8 @@ pub struct StageTimes {
     /// The plugin operator: plugins and the sink writes they cause.
     pub process_ns: AtomicU64,
     /// Of which, the sinks' worker-side writes (formatting lines, filling
-    /// Arrow columns, writing Parquet files), waits included.
+    /// the archive's columns, handing closed buckets to its encoding
+    /// thread), waits included.
     pub sinks_ns: AtomicU64,
     /// Of which, waiting for a full sink buffer to drain (back-pressure).
     pub sink_wait_ns: AtomicU64,
