@@ -260,6 +260,16 @@ pub struct ArchiveStats {
     pub failed_writes: u64,
 }
 
+impl ArchiveStats {
+    /// `rows` buffered rows went into `files` files of `bytes` bytes.
+    fn written(&mut self, rows: u64, files: u64, bytes: u64) {
+        self.rows_written += rows;
+        self.files_written += files;
+        self.bytes_written += bytes;
+        self.buffered_rows -= rows;
+    }
+}
+
 /// An archive directory, checked and ready to hand out one writer per worker.
 #[derive(Clone, Debug)]
 pub struct Archive {
@@ -642,10 +652,7 @@ impl ArchiveWriter {
                 match self.files.write_bucket(&self.series[s].meta, &mut bucket) {
                     Ok((files, bytes)) => {
                         let rows = bucket.len() as u64;
-                        self.stats.rows_written += rows;
-                        self.stats.files_written += files;
-                        self.stats.bytes_written += bytes;
-                        self.stats.buffered_rows -= rows;
+                        self.stats.written(rows, files, bytes);
                     }
                     Err(e) => {
                         self.series[s].put_back(bucket);
@@ -691,10 +698,7 @@ impl ArchiveWriter {
                     }
                 };
                 let rows = bucket.len() as u64;
-                self.stats.rows_written += rows;
-                self.stats.files_written += files;
-                self.stats.bytes_written += bytes;
-                self.stats.buffered_rows -= rows;
+                self.stats.written(rows, files, bytes);
                 let next_seq = bucket.first_seq.unwrap_or(0) + files as u32;
                 if bucket.first_seq.is_some() {
                     bucket.written_up_to(next_seq);
@@ -840,10 +844,7 @@ impl ArchiveWriter {
             encoder.in_flight -= 1;
             match result {
                 Ok((files, bytes)) => {
-                    self.stats.rows_written += rows;
-                    self.stats.files_written += files;
-                    self.stats.bytes_written += bytes;
-                    self.stats.buffered_rows -= rows;
+                    self.stats.written(rows, files, bytes);
                 }
                 Err((e, bucket)) => {
                     if let Some(e) = e {

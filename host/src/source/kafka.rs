@@ -141,12 +141,8 @@ pub fn partition_count(
     options: &BTreeMap<String, String>,
 ) -> Result<usize, KafkaSourceError> {
     let client = |what, source| KafkaSourceError::Client { brokers: brokers.to_string(), what, source };
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (k, v) in options.iter().filter(|(k, _)| is_connection_setting(k)) {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client", e))?;
+    let consumer: BaseConsumer =
+        client_config(brokers, options).create().map_err(|e| client("creating a client", e))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| client("reading the topic's metadata", e))?;
@@ -205,12 +201,10 @@ impl GroupCommitter {
     /// background) and its thread.
     pub fn new(options: &ReaderOptions) -> Result<Self, KafkaSourceError> {
         let client = |what, source| KafkaSourceError::Client { brokers: options.brokers.clone(), what, source };
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &options.brokers).set("group.id", &options.group);
-        for (k, v) in options.options.iter().filter(|(k, _)| is_connection_setting(k)) {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().map_err(|e| client("creating a client to commit offsets", e))?;
+        let consumer: BaseConsumer = client_config(&options.brokers, &options.options)
+            .set("group.id", &options.group)
+            .create()
+            .map_err(|e| client("creating a client to commit offsets", e))?;
         let shared = Arc::new(CommitShared::default());
         let topic = options.topic.clone();
         let s = shared.clone();
@@ -733,13 +727,10 @@ impl DeadLetters {
         source_topic: &str,
         options: &BTreeMap<String, String>,
     ) -> Result<Self, KafkaSourceError> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", brokers).set("linger.ms", "5").set("acks", "all");
         // Security settings (sasl.*, ssl.*, security.protocol) apply to the
         // producer too; fetch settings do not.
-        for (k, v) in options.iter().filter(|(k, _)| is_connection_setting(k)) {
-            config.set(k, v);
-        }
+        let mut config = client_config(brokers, options);
+        config.set("linger.ms", "5").set("acks", "all");
         let producer = config.create_with_context(DeadLetterDeliveries::default()).map_err(|source| {
             KafkaSourceError::Client { brokers: brokers.into(), what: "creating the dead-letter producer", source }
         })?;
@@ -788,6 +779,17 @@ impl DeadLetters {
     pub fn in_flight(&self) -> u64 {
         self.producer.in_flight_count().max(0) as u64
     }
+}
+
+/// A client config for `brokers` with the connection settings of
+/// `options` (see [`is_connection_setting`]) and nothing else of them.
+fn client_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in options.iter().filter(|(k, _)| is_connection_setting(k)) {
+        config.set(k, v);
+    }
+    config
 }
 
 /// librdkafka settings every client of the host takes, not only the
