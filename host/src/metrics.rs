@@ -342,6 +342,14 @@ impl Collector for HostCollector {
             {
                 ConstCounter::new(n).encode(skipped.encode_family(&[("reason", reason)])?)?;
             }
+            counter(
+                &mut e,
+                "influx_points_coalesced",
+                "Points not posted: merged into a later point of the same series, symbol and time, as InfluxDB would \
+                 have overwritten them.",
+                None,
+                i.points_coalesced,
+            )?;
             gauge(
                 &mut e,
                 "influx_points_buffered",

@@ -46,12 +46,14 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use tracing::{error, info, warn};
 
+mod coalesce;
 mod config;
 mod line;
 mod poster;
 #[cfg(test)]
 mod tests;
 
+use coalesce::Coalescer;
 pub use config::{InfluxApi, InfluxConfig, Secret};
 use line::{Skip, TagSet, push_line};
 use poster::Poster;
@@ -126,6 +128,10 @@ pub struct InfluxStats {
     /// `=` or a space, a measurement starting with `#`, or a time outside
     /// InfluxDB's range (years 1677 to 2262).
     pub points_skipped_unwritable: u64,
+    /// Points not posted because a later point of the same series, symbol
+    /// and time was merged with them (`coalesce`): the server would have
+    /// overwritten them.
+    pub points_coalesced: u64,
     /// Points handed over and not yet written or rejected.
     pub buffered_points: u64,
     /// The most points the buffer holds before writers wait.
@@ -149,6 +155,7 @@ impl InfluxStats {
         self.points_rejected += other.points_rejected;
         self.points_skipped_non_finite += other.points_skipped_non_finite;
         self.points_skipped_unwritable += other.points_skipped_unwritable;
+        self.points_coalesced += other.points_coalesced;
         self.buffered_points += other.buffered_points;
         self.buffer_capacity += other.buffer_capacity;
         if self.write_buckets.len() < other.write_buckets.len() {
@@ -178,6 +185,7 @@ pub struct InfluxSink {
     batch_points: usize,
     flush_interval: Duration,
     close_timeout_ms: u64,
+    coalesce: bool,
 }
 
 /// One connection's writer thread and the state it shares with writers.
@@ -203,6 +211,7 @@ impl InfluxSink {
             batch_points: config.batch_points,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             close_timeout_ms: config.close_timeout_ms,
+            coalesce: config.coalesce,
         };
         for lane in 0..config.connections {
             // On error, dropping `sink` stops the lanes already started.
@@ -217,15 +226,20 @@ impl InfluxSink {
             lanes: self
                 .lanes
                 .iter()
-                .map(|lane| LaneBuffer { shared: lane.shared.clone(), lines: String::new(), points: 0 })
+                .map(|lane| LaneBuffer {
+                    shared: lane.shared.clone(),
+                    tags: self.tags.clone(),
+                    lines: String::new(),
+                    points: 0,
+                    held: Coalescer::default(),
+                    warned_unwritable: false,
+                })
                 .collect(),
-            tags: self.tags.clone(),
             points: 0,
             since: Instant::now(),
             batch_points: self.batch_points,
             flush_interval: self.flush_interval,
-            warned_unwritable: false,
-            last_route: None,
+            coalesce: self.coalesce,
         }
     }
 
@@ -394,25 +408,27 @@ impl Lane {
 /// Dropping a writer hands over what it holds.
 pub struct InfluxWriter {
     lanes: Vec<LaneBuffer>,
-    tags: Arc<TagSet>,
-    /// Points in all lanes' buffers.
+    /// Points in all lanes' buffers, formatted or held.
     points: usize,
-    /// When the oldest line not handed over was written.
+    /// When the oldest point not handed over was written.
     since: Instant,
     batch_points: usize,
     flush_interval: Duration,
-    warned_unwritable: bool,
-    /// The last series and symbol routed, and their lane: outputs come in
-    /// runs of one series and key.
-    last_route: Option<(String, compact_str::CompactString, usize)>,
+    /// Merge points of one series, symbol and time (`coalesce`).
+    coalesce: bool,
 }
 
-/// A writer's lines for one lane.
+/// A writer's points for one lane.
 struct LaneBuffer {
     shared: Arc<Shared>,
+    tags: Arc<TagSet>,
     /// Lines not yet handed over, each ending in `\n`.
     lines: String,
+    /// Points in `lines`.
     points: usize,
+    /// Points not yet formatted, one per series and symbol (`coalesce`).
+    held: Coalescer,
+    warned_unwritable: bool,
 }
 
 impl InfluxWriter {
@@ -432,37 +448,108 @@ impl InfluxWriter {
         }
         result
     }
+}
 
-    /// The lane of `series` and `symbol`'s points: by a fixed hash, so the
-    /// same on every worker and in every run.
-    fn lane(&mut self, series: &str, symbol: &str) -> usize {
-        if self.lanes.len() == 1 {
-            return 0;
-        }
-        if let Some((s, k, lane)) = &self.last_route
-            && s == series
-            && k == symbol
-        {
-            return *lane;
-        }
-        let mut hash = rustc_hash::FxHasher::default();
-        std::hash::Hash::hash(&(series, symbol), &mut hash);
-        let lane = (std::hash::Hasher::finish(&hash) % self.lanes.len() as u64) as usize;
-        match &mut self.last_route {
-            Some((s, k, l)) => {
-                s.clear();
-                s.push_str(series);
-                *k = symbol.into();
-                *l = lane;
-            }
-            None => self.last_route = Some((series.to_string(), symbol.into(), lane)),
-        }
-        lane
-    }
+/// The hash of a point's series and symbol: it picks the lane (the same on
+/// every worker and in every run) and finds the point held for them.
+fn route_hash(series: &str, symbol: &str) -> u64 {
+    let mut hash = rustc_hash::FxHasher::default();
+    std::hash::Hash::hash(&(series, symbol), &mut hash);
+    std::hash::Hasher::finish(&hash)
 }
 
 impl LaneBuffer {
+    /// Points formatted or held.
+    fn pending(&self) -> usize {
+        self.points + self.held.len()
+    }
+
+    /// Formats one point into the lines, or counts why it cannot be.
+    #[allow(clippy::too_many_arguments)]
+    fn format(
+        lines: &mut String,
+        points: &mut usize,
+        shared: &Shared,
+        tags: &TagSet,
+        warned_unwritable: &mut bool,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) {
+        match push_line(lines, tags, series, fields, symbol, ts, values) {
+            Ok(()) => *points += 1,
+            Err(Skip::NonFinite) => {
+                shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Skip::Unwritable) => {
+                shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
+                // Once per writer and lane: the counter tells the rest.
+                if !std::mem::replace(warned_unwritable, true) {
+                    warn!(
+                        series, symbol, ts, fields = ?fields,
+                        "a point cannot be written as InfluxDB line protocol (a line break in a name, a backslash at its end or before `,`, `=` or a space, a measurement starting with `#`, or a time outside 1677-2262), so it is left out; further ones are only counted in points_skipped_unwritable"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes a point: held to be merged with others of its time, or
+    /// formatted at once.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &mut self,
+        coalesce: bool,
+        hash: u64,
+        series: &str,
+        fields: &[String],
+        symbol: &str,
+        ts: i64,
+        values: &[f64],
+    ) {
+        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable } = self;
+        if coalesce {
+            held.put(hash, series, fields, symbol, ts, values, |p| {
+                Self::format(
+                    lines,
+                    points,
+                    shared,
+                    tags,
+                    warned_unwritable,
+                    &p.series,
+                    &p.fields,
+                    &p.symbol,
+                    p.ts,
+                    &p.values,
+                )
+            });
+        } else {
+            Self::format(lines, points, shared, tags, warned_unwritable, series, fields, symbol, ts, values);
+        }
+    }
+
     fn hand_over(&mut self, since: Instant) -> Result<(), InfluxError> {
+        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable } = self;
+        held.drain(|p| {
+            Self::format(
+                lines,
+                points,
+                shared,
+                tags,
+                warned_unwritable,
+                &p.series,
+                &p.fields,
+                &p.symbol,
+                p.ts,
+                &p.values,
+            )
+        });
+        let merged = held.take_merged();
+        if merged > 0 {
+            shared.counters.points_coalesced.fetch_add(merged, Ordering::Relaxed);
+        }
         if self.points == 0 {
             return Ok(());
         }
@@ -502,30 +589,16 @@ impl crate::exec::OutputWriter for InfluxWriter {
         if self.points == 0 {
             self.since = Instant::now();
         }
-        let l = self.lane(series, symbol);
+        let hash = route_hash(series, symbol);
+        let l = if self.lanes.len() == 1 { 0 } else { (hash % self.lanes.len() as u64) as usize };
         let lane = &mut self.lanes[l];
-        match push_line(&mut lane.lines, &self.tags, series, fields, symbol, ts, values) {
-            Ok(()) => {
-                lane.points += 1;
-                self.points += 1;
-            }
-            Err(Skip::NonFinite) => {
-                lane.shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(Skip::Unwritable) => {
-                lane.shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
-                // Once per writer: the counter tells the rest.
-                if !std::mem::replace(&mut self.warned_unwritable, true) {
-                    warn!(
-                        series, symbol, ts, fields = ?fields,
-                        "a point cannot be written as InfluxDB line protocol (a line break in a name, a backslash at its end or before `,`, `=` or a space, a measurement starting with `#`, or a time outside 1677-2262), so it is left out; further ones are only counted in points_skipped_unwritable"
-                    );
-                }
-            }
-        }
-        if self.lanes[l].points >= self.batch_points {
+        let before = lane.pending();
+        lane.put(self.coalesce, hash, series, fields, symbol, ts, values);
+        // Merging or formatting a displaced point never lowers the count.
+        self.points += lane.pending() - before;
+        if self.lanes[l].pending() >= self.batch_points {
             // A full batch goes now; the other lanes keep filling.
-            self.points -= self.lanes[l].points;
+            self.points -= self.lanes[l].pending();
             self.lanes[l].hand_over(self.since).map_err(std::io::Error::other)?;
         }
         if self.points > 0 && self.since.elapsed() >= self.flush_interval {
@@ -615,6 +688,7 @@ struct Counters {
     points_rejected: AtomicU64,
     points_skipped_non_finite: AtomicU64,
     points_skipped_unwritable: AtomicU64,
+    points_coalesced: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -660,6 +734,7 @@ impl Shared {
             points_rejected: c.points_rejected.load(Ordering::Relaxed),
             points_skipped_non_finite: c.points_skipped_non_finite.load(Ordering::Relaxed),
             points_skipped_unwritable: c.points_skipped_unwritable.load(Ordering::Relaxed),
+            points_coalesced: c.points_coalesced.load(Ordering::Relaxed),
             buffered_points,
             buffer_capacity: self.buffer_points,
             write_buckets: c.requests.iter().map(|b| b.load(Ordering::Relaxed)).collect(),

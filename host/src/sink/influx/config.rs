@@ -125,6 +125,15 @@ pub struct InfluxConfig {
     /// protocol shrinks about tenfold.
     #[serde(default = "defaults::gzip")]
     pub gzip: bool,
+    /// Merge the points of one series and symbol at the same time before
+    /// posting them, as InfluxDB would on write (the later point's fields
+    /// win, its other fields stay). Default true: a per-trade series such
+    /// as VWAP has several trades of a symbol in one millisecond, and the
+    /// server stores one point for them anyway. Turn it off for a server
+    /// that keeps every sample of a time (VictoriaMetrics without
+    /// deduplication).
+    #[serde(default = "defaults::coalesce")]
+    pub coalesce: bool,
     /// How long one request may take, in milliseconds, before it is
     /// abandoned and retried. Default 10 000.
     #[serde(default = "defaults::timeout_ms")]
@@ -158,6 +167,9 @@ mod defaults {
         4
     }
     pub fn gzip() -> bool {
+        true
+    }
+    pub fn coalesce() -> bool {
         true
     }
     pub fn timeout_ms() -> u64 {
@@ -207,6 +219,7 @@ impl InfluxConfig {
             buffer_points: defaults::buffer_points(),
             connections: defaults::connections(),
             gzip: defaults::gzip(),
+            coalesce: defaults::coalesce(),
             timeout_ms: defaults::timeout_ms(),
             initial_backoff_ms: defaults::initial_backoff_ms(),
             max_backoff_ms: defaults::max_backoff_ms(),
@@ -241,6 +254,7 @@ impl InfluxConfig {
             buffer_points,
             connections,
             gzip: _,
+            coalesce: _,
             timeout_ms,
             initial_backoff_ms,
             max_backoff_ms,
