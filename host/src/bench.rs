@@ -250,12 +250,38 @@ mod tests {
         assert!(super::process_cpu() >= 0.0);
         assert!(super::thread_cpu().values().any(|(name, _)| !name.is_empty()));
     }
+
+    #[test]
+    fn latency_counts_every_trade_and_merged_ones_at_the_last_point_of_their_millisecond() {
+        let a = |symbol: &str, ts: i64, arrived: i64| (symbol.to_string(), ts, arrived);
+        let sorted = |mut v: Vec<i64>| {
+            v.sort_unstable();
+            v
+        };
+        // A point per trade: each its own.
+        let fed = [("A", 1), ("A", 1), ("B", 2)];
+        assert_eq!(
+            sorted(super::per_trade(fed.into_iter(), vec![a("A", 1, 12), a("A", 1, 10), a("B", 2, 5)])),
+            [3, 9, 11]
+        );
+        // Three trades in one point, then in two: the rest at the later one.
+        let fed = [("A", 1); 3];
+        assert_eq!(sorted(super::per_trade(fed.into_iter(), vec![a("A", 1, 10)])), [9, 9, 9]);
+        assert_eq!(sorted(super::per_trade(fed.into_iter(), vec![a("A", 1, 15), a("A", 1, 10)])), [9, 14, 14]);
+        // A point without a trade fed counts as one; a trade without a
+        // point is not measured.
+        assert_eq!(super::per_trade([("B", 3)].into_iter(), vec![a("C", 5, 7)]), [2]);
+    }
 }
 
 /// What `latency` measured, in ms.
 #[derive(Debug)]
 pub struct Latency {
+    /// Trades measured (past the warm-up).
     pub samples: usize,
+    /// VWAP points that carried them (fewer when the sink merges the
+    /// points of a millisecond).
+    pub points: usize,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -267,15 +293,20 @@ pub struct Latency {
 
 /// Feeds `rate` trades/s for `seconds` into `config.kafka.topic` (which
 /// must be empty), runs the host with its InfluxDB sink pointed at a
-/// stand-in that timestamps every request, and reports, for each VWAP
-/// point (one per trade), arrival time minus the trade's event time. The
-/// paced feed sends each trade at its event time, so that is the time from
-/// the trade's append to the sink write carrying its first effect (plus
-/// the producer's own lag, reported as its achieved rate).
+/// stand-in that timestamps every request, and reports, for each trade,
+/// the arrival time of the VWAP point carrying it minus its event time.
+/// The paced feed sends each trade at its event time, so that is the time
+/// from the trade's append to the sink write carrying its first effect
+/// (plus the producer's own lag, reported as its achieved rate).
+///
+/// The sink merges the VWAP points of a symbol's millisecond (`coalesce`),
+/// so one point may carry several trades: the percentiles are per trade,
+/// the trades of a millisecond counted (see [`per_trade`]) from the same
+/// seeded feed.
 pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Result<Latency> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the InfluxDB stand-in")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let samples: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Arrival>>> = Arc::default();
     let measure_from = Arc::new(Mutex::new(i64::MAX));
     {
         let (samples, measure_from) = (samples.clone(), measure_from.clone());
@@ -302,16 +333,16 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
     std::thread::sleep(Duration::from_secs(3));
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     *measure_from.lock().expect("lock") = now_ms + warmup.as_millis() as i64;
+    let symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "BTC-USD", "ETH-USD", "EURUSD"];
+    const SEED: u64 = 7;
     let options = crate::produce::ProduceOptions {
         brokers: config.kafka.brokers.clone(),
         topic: config.kafka.topic.clone(),
         feed: crate::produce::Feed::Synthetic {
-            symbols: ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "BTC-USD", "ETH-USD", "EURUSD"]
-                .map(String::from)
-                .to_vec(),
+            symbols: symbols.map(String::from).to_vec(),
             rate,
             start_ms: now_ms,
-            seed: 7,
+            seed: SEED,
         },
         trades: (rate * seconds) as u64,
         paced: true,
@@ -324,7 +355,14 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
     interrupted.store(true, Ordering::Relaxed);
     host.join().map_err(|_| anyhow::anyhow!("the host panicked"))??;
 
-    let mut s = samples.lock().expect("samples").clone();
+    let arrivals = std::mem::take(&mut *samples.lock().expect("samples"));
+    let from = *measure_from.lock().expect("lock");
+    let trades = crate::synthetic::Market::new(SEED, &symbols, now_ms, rate)
+        .take(produced.sent as usize)
+        .filter(|t| t.ts >= from)
+        .map(|t| (symbols[t.symbol], t.ts));
+    let points = arrivals.len();
+    let mut s = per_trade(trades, arrivals);
     if s.is_empty() {
         bail!("no VWAP point reached the InfluxDB stand-in");
     }
@@ -332,6 +370,7 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
     let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] as f64;
     Ok(Latency {
         samples: s.len(),
+        points,
         p50: at(0.5),
         p90: at(0.9),
         p99: at(0.99),
@@ -341,9 +380,39 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
     })
 }
 
-/// Answers InfluxDB write requests (`204`), noting for every `vwap` line
-/// its arrival time minus its timestamp (ms), once past `measure_from`.
-fn serve_influx_standin(stream: std::net::TcpStream, samples: &Mutex<Vec<i64>>, measure_from: &Mutex<i64>) {
+/// A VWAP point the stand-in received: symbol, event time, arrival (ms).
+type Arrival = (String, i64, i64);
+
+/// Each trade's latency (ms), from the `trades` fed (symbol, event time)
+/// and the VWAP points' `arrivals`. Where a symbol's millisecond has as
+/// many points as trades (nothing merged), each point is a trade. Where it
+/// has fewer, which trades a point carries is not known, so the count is
+/// conservative: each earlier point carries one trade and the last one
+/// (the last to arrive) the rest. A millisecond without trades fed (not
+/// expected) counts its points as trades.
+fn per_trade<'a>(trades: impl Iterator<Item = (&'a str, i64)>, arrivals: Vec<Arrival>) -> Vec<i64> {
+    let mut fed: std::collections::HashMap<(&str, i64), usize> = std::collections::HashMap::new();
+    for key in trades {
+        *fed.entry(key).or_default() += 1;
+    }
+    let mut by_key: std::collections::HashMap<(String, i64), Vec<i64>> = std::collections::HashMap::new();
+    for (symbol, ts, arrived) in arrivals {
+        by_key.entry((symbol, ts)).or_default().push(arrived);
+    }
+    let mut latencies = Vec::new();
+    for ((symbol, ts), mut times) in by_key {
+        times.sort_unstable();
+        let trades = fed.get(&(symbol.as_str(), ts)).copied().unwrap_or(0).max(times.len());
+        let last = *times.last().expect("a point per key");
+        latencies.extend(times.iter().map(|a| a - ts));
+        latencies.extend(std::iter::repeat_n(last - ts, trades - times.len()));
+    }
+    latencies
+}
+
+/// Answers InfluxDB write requests (`204`), noting every `vwap` line's
+/// symbol, time and arrival, once past `measure_from`.
+fn serve_influx_standin(stream: std::net::TcpStream, samples: &Mutex<Vec<Arrival>>, measure_from: &Mutex<i64>) {
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
@@ -391,8 +460,10 @@ fn serve_influx_standin(stream: std::net::TcpStream, samples: &Mutex<Vec<i64>>, 
         for l in text.lines().filter(|l| l.starts_with("vwap,")) {
             if let Some(ts) = l.rsplit(' ').next().and_then(|t| t.parse::<i64>().ok())
                 && ts >= from
+                && let Some((_, rest)) = l.split_once(",symbol=")
             {
-                got.push(arrived - ts);
+                let symbol = rest.split([',', ' ']).next().unwrap_or_default();
+                got.push((symbol.to_string(), ts, arrived));
             }
         }
         samples.lock().expect("samples").extend(got);
