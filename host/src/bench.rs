@@ -254,7 +254,8 @@ mod tests {
     #[test]
     fn latency_counts_every_trade_and_merged_ones_at_the_last_point_of_their_millisecond() {
         let a = |symbol: &str, ts: i64, arrived: i64| (symbol.to_string(), ts, arrived);
-        let sorted = |mut v: Vec<i64>| {
+        let sorted = |v: Vec<(i64, i64)>| {
+            let mut v: Vec<i64> = v.into_iter().map(|(_, latency)| latency).collect();
             v.sort_unstable();
             v
         };
@@ -270,7 +271,7 @@ mod tests {
         assert_eq!(sorted(super::per_trade(fed.into_iter(), vec![a("A", 1, 15), a("A", 1, 10)])), [9, 14, 14]);
         // A point without a trade fed counts as one; a trade without a
         // point is not measured.
-        assert_eq!(super::per_trade([("B", 3)].into_iter(), vec![a("C", 5, 7)]), [2]);
+        assert_eq!(super::per_trade([("B", 3)].into_iter(), vec![a("C", 5, 7)]), [(5, 2)]);
     }
 }
 
@@ -286,6 +287,11 @@ pub struct Latency {
     pub p90: f64,
     pub p99: f64,
     pub max: f64,
+    /// The same per [`LATENCY_WINDOW_MS`] of event time, from the end of
+    /// the warm-up: (seconds in, trades, p50, p99, max). A tail that grows
+    /// through the run is something filling up (the broker's log), not
+    /// noise.
+    pub windows: Vec<(f64, usize, f64, f64, f64)>,
     /// Trades the feed produced, and at what rate it managed.
     pub produced: u64,
     pub produced_rate: f64,
@@ -362,13 +368,27 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
         .filter(|t| t.ts >= from)
         .map(|t| (symbols[t.symbol], t.ts));
     let points = arrivals.len();
-    let mut s = per_trade(trades, arrivals);
-    if s.is_empty() {
+    let timed = per_trade(trades, arrivals);
+    if timed.is_empty() {
         bail!("no VWAP point reached the InfluxDB stand-in");
     }
+    let mut by_window: std::collections::BTreeMap<i64, Vec<i64>> = std::collections::BTreeMap::new();
+    for &(ts, latency) in &timed {
+        by_window.entry((ts - from) / LATENCY_WINDOW_MS).or_default().push(latency);
+    }
+    let windows = by_window
+        .into_iter()
+        .map(|(window, mut w)| {
+            w.sort_unstable();
+            let secs = (window * LATENCY_WINDOW_MS) as f64 / 1e3;
+            (secs, w.len(), quantile(&w, 0.5), quantile(&w, 0.99), *w.last().expect("not empty") as f64)
+        })
+        .collect();
+    let mut s: Vec<i64> = timed.into_iter().map(|(_, latency)| latency).collect();
     s.sort_unstable();
-    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] as f64;
+    let at = |q: f64| quantile(&s, q);
     Ok(Latency {
+        windows,
         samples: s.len(),
         points,
         p50: at(0.5),
@@ -380,17 +400,25 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
     })
 }
 
+/// The width of [`Latency::windows`].
+pub const LATENCY_WINDOW_MS: i64 = 5_000;
+
+/// The `q` quantile of sorted `s`.
+fn quantile(s: &[i64], q: f64) -> f64 {
+    s[((s.len() - 1) as f64 * q).round() as usize] as f64
+}
+
 /// A VWAP point the stand-in received: symbol, event time, arrival (ms).
 type Arrival = (String, i64, i64);
 
-/// Each trade's latency (ms), from the `trades` fed (symbol, event time)
+/// Each trade's event time and latency (ms), from the `trades` fed (symbol, event time)
 /// and the VWAP points' `arrivals`. Where a symbol's millisecond has as
 /// many points as trades (nothing merged), each point is a trade. Where it
 /// has fewer, which trades a point carries is not known, so the count is
 /// conservative: each earlier point carries one trade and the last one
 /// (the last to arrive) the rest. A millisecond without trades fed (not
 /// expected) counts its points as trades.
-fn per_trade<'a>(trades: impl Iterator<Item = (&'a str, i64)>, arrivals: Vec<Arrival>) -> Vec<i64> {
+fn per_trade<'a>(trades: impl Iterator<Item = (&'a str, i64)>, arrivals: Vec<Arrival>) -> Vec<(i64, i64)> {
     let mut fed: std::collections::HashMap<(&str, i64), usize> = std::collections::HashMap::new();
     for key in trades {
         *fed.entry(key).or_default() += 1;
@@ -404,8 +432,8 @@ fn per_trade<'a>(trades: impl Iterator<Item = (&'a str, i64)>, arrivals: Vec<Arr
         times.sort_unstable();
         let trades = fed.get(&(symbol.as_str(), ts)).copied().unwrap_or(0).max(times.len());
         let last = *times.last().expect("a point per key");
-        latencies.extend(times.iter().map(|a| a - ts));
-        latencies.extend(std::iter::repeat_n(last - ts, trades - times.len()));
+        latencies.extend(times.iter().map(|a| (ts, a - ts)));
+        latencies.extend(std::iter::repeat_n((ts, last - ts), trades - times.len()));
     }
     latencies
 }
