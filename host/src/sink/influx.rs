@@ -233,6 +233,7 @@ impl InfluxSink {
                     points: 0,
                     held: Coalescer::default(),
                     warned_unwritable: false,
+                    since: Instant::now(),
                 })
                 .collect(),
             points: 0,
@@ -429,6 +430,9 @@ struct LaneBuffer {
     /// Points not yet formatted, one per series and symbol (`coalesce`).
     held: Coalescer,
     warned_unwritable: bool,
+    /// When this lane's oldest point not handed over was written: the
+    /// thread posts a chunk once that is `flush_interval_ms` old.
+    since: Instant,
 }
 
 impl InfluxWriter {
@@ -441,7 +445,7 @@ impl InfluxWriter {
         let mut result = Ok(());
         for lane in &mut self.lanes {
             // Every lane gets its lines even if one refuses them.
-            let handed = lane.hand_over(self.since);
+            let handed = lane.hand_over();
             if result.is_ok() {
                 result = handed;
             }
@@ -509,7 +513,7 @@ impl LaneBuffer {
         ts: i64,
         values: &[f64],
     ) {
-        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable } = self;
+        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
         if coalesce {
             held.put(hash, series, fields, symbol, ts, values, |p| {
                 Self::format(
@@ -530,8 +534,8 @@ impl LaneBuffer {
         }
     }
 
-    fn hand_over(&mut self, since: Instant) -> Result<(), InfluxError> {
-        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable } = self;
+    fn hand_over(&mut self) -> Result<(), InfluxError> {
+        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
         held.drain(|p| {
             Self::format(
                 lines,
@@ -576,7 +580,7 @@ impl LaneBuffer {
         // Swap in an emptied buffer the thread gave back, keeping its capacity.
         let spare = state.spare.pop().unwrap_or_default();
         let lines = std::mem::replace(&mut self.lines, spare);
-        state.queue.push_back(Chunk { lines, start: 0, points, since });
+        state.queue.push_back(Chunk { lines, start: 0, points, since: self.since });
         state.handed += points;
         drop(state);
         shared.to_thread.notify_one();
@@ -593,13 +597,16 @@ impl crate::exec::OutputWriter for InfluxWriter {
         let l = if self.lanes.len() == 1 { 0 } else { (hash % self.lanes.len() as u64) as usize };
         let lane = &mut self.lanes[l];
         let before = lane.pending();
+        if before == 0 {
+            lane.since = if self.points == 0 { self.since } else { Instant::now() };
+        }
         lane.put(self.coalesce, hash, series, fields, symbol, ts, values);
         // Merging or formatting a displaced point never lowers the count.
         self.points += lane.pending() - before;
         if self.lanes[l].pending() >= self.batch_points {
             // A full batch goes now; the other lanes keep filling.
             self.points -= self.lanes[l].pending();
-            self.lanes[l].hand_over(self.since).map_err(std::io::Error::other)?;
+            self.lanes[l].hand_over().map_err(std::io::Error::other)?;
         }
         if self.points > 0 && self.since.elapsed() >= self.flush_interval {
             self.hand_over().map_err(std::io::Error::other)?;

@@ -770,6 +770,30 @@ fn series_spread_over_connections_stay_in_order_and_are_all_written_once() {
     each_symbol_once_in_order(&mock, "S", 20, 50);
 }
 
+#[test]
+fn each_lane_waits_the_flush_interval_from_its_own_oldest_point() {
+    let mock = Mock::start(|_, _| Reply::status(204));
+    let config = InfluxConfig { connections: 2, flush_interval_ms: 300, ..config(&mock) };
+    let sink = InfluxSink::start(config).unwrap();
+    // Two symbols on different lanes.
+    let lane = |symbol: &str| route_hash("s", symbol) % 2;
+    let other = (0..).map(|k| format!("B{k}")).find(|s| lane(s) != lane("A")).unwrap();
+    let mut w = sink.writer();
+    // Both lines handed over together, the second written 150 ms later.
+    w.write("s", &["v".to_string()], "A", T0, &[1.0]).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let written = Instant::now();
+    w.write("s", &["v".to_string()], &other, T0, &[2.0]).unwrap();
+    w.hand_over().unwrap();
+    let posted = |symbol: &str| mock.accepted().iter().any(|l| l.contains(&format!("symbol={symbol} ")));
+    eventually("the first lane posts its point", || posted("A"));
+    eventually("the second lane posts its point", || posted(&other));
+    // Not at the first lane's deadline: its own point was 150 ms younger.
+    assert!(written.elapsed() >= Duration::from_millis(290), "posted {:?} after it was written", written.elapsed());
+    drop(w);
+    sink.close().unwrap();
+}
+
 /// What a server that merges points of equal measurement, tags and time
 /// stores from `lines` taken in order: per point, each field's last value.
 fn server_view(lines: &[String]) -> BTreeMap<(String, i64), BTreeMap<String, String>> {
