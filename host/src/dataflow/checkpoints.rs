@@ -319,6 +319,9 @@ pub(super) struct Coordinator {
     pub interrupted: Arc<AtomicBool>,
     /// A worker failed: its state is not to be trusted for a checkpoint.
     pub failed: Box<dyn Fn() -> bool + Send>,
+    /// The dead-letter producer: a checkpoint waits for the broker to take
+    /// the dead letters of the records before its cut.
+    pub dead_letters: Option<Arc<crate::source::kafka::DeadLetters>>,
 }
 
 struct CloseOnDrop(Arc<Cuts>);
@@ -422,6 +425,9 @@ impl Coordinator {
         let missing = if gathered.is_none() { self.cuts.missing() } else { String::new() };
         self.cuts.resume(id);
         let paused = started.elapsed();
+        // Every record before the cut has been read, so its dead letter,
+        // if it has one, is queued by now.
+        let dead_letters_queued = self.dead_letters.as_ref().map(|dl| dl.queued());
         let Some(cut) = gathered else {
             if !give_up() {
                 self.counters.checkpoints.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -459,6 +465,25 @@ impl Coordinator {
                         tracing::error!(id, "checkpoint not taken: the sinks could not write what they held: {e}");
                         return false;
                     }
+                }
+            }
+        }
+        if let (Some(dl), Some(queued)) = (&self.dead_letters, dead_letters_queued) {
+            // Once the checkpoint says a record is done, a restart does not
+            // read it again: its dead letter must be on the broker first.
+            let deadline = last.then(|| Instant::now() + self.options.stop_flush);
+            while !dl.settled(queued, Duration::from_millis(200)) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    tracing::error!(
+                        id,
+                        "checkpoint not taken: the broker did not take the dead letters before the cut within {} ms",
+                        self.options.stop_flush.as_millis()
+                    );
+                    return false;
+                }
+                if give_up() {
+                    tracing::warn!(id, "checkpoint not taken: stopping while dead letters before the cut are unsent");
+                    return false;
                 }
             }
         }

@@ -494,6 +494,7 @@ pub fn run(
                     let shared = shared.clone();
                     Box::new(move || shared.failure.lock().expect("failure lock").is_some())
                 },
+                dead_letters: dead_letters.clone(),
             };
             Some(std::thread::Builder::new().name("checkpoints".into()).spawn(move || coordinator.run()).map_err(
                 |e| DataflowError::Workers { workers, reason: format!("starting the checkpoint thread: {e}") },

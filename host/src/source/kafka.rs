@@ -15,9 +15,9 @@
 //! promised downstream) is late. The worker's watermark is the minimum
 //! over its partitions that are not idle.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::decode::{Decoder, Trade};
@@ -687,25 +687,39 @@ pub struct DeadLetters {
     producer: ThreadedProducer<DeadLetterDeliveries>,
     topic: String,
     source_topic: String,
+    /// The next dead letter's sequence number.
+    next: AtomicUsize,
 }
 
-/// Counts dead letters the broker did not take.
+/// Follows the dead letters' deliveries: which are still unanswered (by
+/// their sequence number), and how many the broker did not take.
 #[derive(Default)]
 pub struct DeadLetterDeliveries {
     failed: AtomicU64,
+    /// Queued and not yet answered.
+    pending: Mutex<BTreeSet<usize>>,
+    answered: Condvar,
+}
+
+impl DeadLetterDeliveries {
+    fn settle(&self, seq: usize) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&seq);
+        self.answered.notify_all();
+    }
 }
 
 impl ClientContext for DeadLetterDeliveries {}
 
 impl ProducerContext for DeadLetterDeliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         if let Err((e, _)) = result {
             // Rare and serious: say it each time.
             self.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("a dead letter was not delivered: {e}");
         }
+        self.settle(seq);
     }
 }
 
@@ -734,7 +748,7 @@ impl DeadLetters {
         let producer = config.create_with_context(DeadLetterDeliveries::default()).map_err(|source| {
             KafkaSourceError::Client { brokers: brokers.into(), what: "creating the dead-letter producer", source }
         })?;
-        Ok(DeadLetters { producer, topic: topic.into(), source_topic: source_topic.into() })
+        Ok(DeadLetters { producer, topic: topic.into(), source_topic: source_topic.into(), next: AtomicUsize::new(0) })
     }
 
     /// Queues a dead letter. When librdkafka's queue is full it waits:
@@ -745,7 +759,10 @@ impl DeadLetters {
             .insert(Header { key: headers::KIND, value: Some(kind) })
             .insert(Header { key: headers::REASON, value: Some(reason) })
             .insert(Header { key: headers::SOURCE, value: Some(source.as_str()) });
-        let mut record = BaseRecord::to(&self.topic).payload(payload).headers(headers);
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let deliveries = self.producer.context();
+        deliveries.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(seq);
+        let mut record = BaseRecord::with_opaque_to(&self.topic, seq).payload(payload).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -757,12 +774,38 @@ impl DeadLetters {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err((e, _)) => {
-                    self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
+                    deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                    deliveries.settle(seq);
                     tracing::error!(topic = %self.topic, "cannot queue a dead letter: {e}");
                     return;
                 }
             }
         }
+    }
+
+    /// How far [`settled`](Self::settled) must get for every dead letter
+    /// queued so far.
+    pub fn queued(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the broker has answered every dead letter queued before
+    /// `queued` (see [`queued`](Self::queued)), or `timeout` passes
+    /// (false). Later ones do not hold it up, so a steady stream of dead
+    /// letters cannot keep a checkpoint waiting.
+    pub fn settled(&self, queued: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let deliveries = self.producer.context();
+        let mut pending = deliveries.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        while pending.first().is_some_and(|&seq| seq < queued) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            pending =
+                deliveries.answered.wait_timeout(pending, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        true
     }
 
     /// Waits until every queued dead letter is acknowledged (or `timeout`).

@@ -168,3 +168,35 @@ fn group_commits_land_and_the_newest_positions_win() {
     let offsets: Vec<_> = committed.elements().iter().map(|e| (e.partition(), e.offset())).collect();
     assert_eq!(offsets, vec![(0, Offset::Offset(15)), (1, Offset::Offset(10))]);
 }
+
+#[test]
+fn a_checkpoint_can_wait_for_exactly_the_dead_letters_queued_before_it() {
+    use tickfold::source::kafka::DeadLetters;
+    let none = BTreeMap::new();
+    // Nothing listens on this port: queued letters stay unanswered, and
+    // waiting for them times out instead of saying they are sent.
+    let nowhere = format!("127.0.0.1:{}", crate::support::free_port());
+    let stuck = DeadLetters::new(&nowhere, "trades.dead-letter", "trades", &none).unwrap();
+    assert!(stuck.settled(stuck.queued(), Duration::from_millis(10)), "nothing queued, nothing to wait for");
+    stuck.send(None, b"{bad", "malformed", "not JSON", 0, 1);
+    let before = stuck.queued();
+    let started = Instant::now();
+    assert!(!stuck.settled(before, Duration::from_millis(300)), "a letter the broker never took is not settled");
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    // Letters queued after the target do not count.
+    assert!(stuck.settled(0, Duration::from_millis(10)));
+
+    // A real broker: once settled, every letter queued before is readable.
+    let broker = Tansu::start();
+    broker.create_topic("trades.dead-letter", 1);
+    let letters = DeadLetters::new(&broker.bootstrap(), "trades.dead-letter", "trades", &none).unwrap();
+    for offset in 0..50 {
+        letters.send(None, format!("bad {offset}").as_bytes(), "malformed", "not JSON", 3, offset);
+    }
+    assert!(letters.settled(letters.queued(), Duration::from_secs(20)), "the broker took them");
+    assert_eq!((letters.failed(), letters.in_flight()), (0, 0));
+    let got = crate::pipeline::read_dead_letters(&broker, "trades.dead-letter", 50);
+    let sources: BTreeSet<String> =
+        got.iter().map(|(_, h)| h[tickfold::source::kafka::headers::SOURCE].clone()).collect();
+    assert_eq!(sources, (0..50).map(|o| format!("trades/3/{o}")).collect());
+}

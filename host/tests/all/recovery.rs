@@ -209,6 +209,42 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     );
 
     assert_same_outputs(&influx, &clean.path().join("archive"), &faulty.path().join("archive"), scenario.good().len());
+
+    // Dead letters are at least once: the clean run sent each once, and
+    // the killed runs each at least once more (a checkpoint waits for the
+    // broker to take those before its cut).
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    for source in dead_letter_sources(&broker) {
+        *sent.entry(source).or_default() += 1;
+    }
+    let dead = scenario.dead();
+    assert!(!dead.is_empty());
+    for (partition, offset) in dead.keys() {
+        let source = format!("trades/{partition}/{offset}");
+        let n = sent.remove(&source).unwrap_or(0);
+        assert!(n >= 2, "{source} was dead-lettered {n} times by the two runs");
+    }
+    assert!(sent.is_empty(), "dead letters of good records: {:?}", sent.keys().take(5).collect::<Vec<_>>());
+}
+
+/// The source header of every dead letter in `trades.dead-letter`, read
+/// until none comes for 2 s.
+fn dead_letter_sources(broker: &crate::support::Tansu) -> Vec<String> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::{Headers, Message};
+    let consumer = broker.consumer("tickfold-test-dlq-recovery");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset("trades.dead-letter", 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut sources = Vec::new();
+    while let Some(m) = consumer.poll(Duration::from_secs(2)) {
+        let m = m.unwrap();
+        let source = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == tickfold::source::kafka::headers::SOURCE).and_then(|h| h.value));
+        sources.push(String::from_utf8_lossy(source.unwrap_or_default()).into_owned());
+    }
+    sources
 }
 
 /// The faulty run's InfluxDB database and archive (`faulty`) hold exactly
