@@ -283,6 +283,9 @@ pub struct Latency {
     /// VWAP points that carried them (fewer when the sink merges the
     /// points of a millisecond).
     pub points: usize,
+    /// Trades fed after the warm-up whose millisecond got no point before
+    /// the host was stopped (2 s after the feed ended): not in the figures.
+    pub unmeasured: usize,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -363,12 +366,15 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
 
     let arrivals = std::mem::take(&mut *samples.lock().expect("samples"));
     let from = *measure_from.lock().expect("lock");
+    let mut fed = 0usize;
     let trades = crate::synthetic::Market::new(SEED, &symbols, now_ms, rate)
         .take(produced.sent as usize)
         .filter(|t| t.ts >= from)
+        .inspect(|_| fed += 1)
         .map(|t| (symbols[t.symbol], t.ts));
     let points = arrivals.len();
     let timed = per_trade(trades, arrivals);
+    let unmeasured = fed.saturating_sub(timed.len());
     if timed.is_empty() {
         bail!("no VWAP point reached the InfluxDB stand-in");
     }
@@ -391,6 +397,7 @@ pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Re
         windows,
         samples: s.len(),
         points,
+        unmeasured,
         p50: at(0.5),
         p90: at(0.9),
         p99: at(0.99),

@@ -588,8 +588,8 @@ fn bench(command: BenchCommand) -> Result<()> {
             let config = crate::config::Config::load(&config)?;
             let l = bench::latency(&config, rate, seconds, Duration::from_secs(2))?;
             println!(
-                "latency at {rate:.0} trades/s (feed achieved {:.0}/s, {} trades; {} trades in {} VWAP points after a 2 s warm-up), per trade: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                l.produced_rate, l.produced, l.samples, l.points, l.p50, l.p90, l.p99, l.max
+                "latency at {rate:.0} trades/s (feed achieved {:.0}/s, {} trades; {} trades in {} VWAP points after a 2 s warm-up, {} without a point), per trade: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                l.produced_rate, l.produced, l.samples, l.points, l.unmeasured, l.p50, l.p90, l.p99, l.max
             );
             for (secs, trades, p50, p99, max) in &l.windows {
                 println!("  from {secs:4.0} s: {trades:7} trades, p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");

@@ -332,6 +332,10 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// The least time the checkpoint on a stop gives the broker to take the
+/// dead letters before its cut (with InfluxDB's `stop_flush`, if longer).
+const DEAD_LETTERS_AT_STOP: Duration = Duration::from_secs(10);
+
 /// How long the workers get to reach a cut before it is abandoned.
 const GATHER_WITHIN: Duration = Duration::from_secs(30);
 
@@ -440,6 +444,7 @@ impl Coordinator {
             }
             return false;
         };
+        let flushing = Instant::now();
         if let Some(flush) = &self.options.flush {
             // InfluxDB may be down for a while: a regular checkpoint waits
             // for it (the sources go on meanwhile, up to the buffer's
@@ -471,13 +476,16 @@ impl Coordinator {
         if let (Some(dl), Some(queued)) = (&self.dead_letters, dead_letters_queued) {
             // Once the checkpoint says a record is done, a restart does not
             // read it again: its dead letter must be on the broker first.
-            let deadline = last.then(|| Instant::now() + self.options.stop_flush);
+            // On a stop, InfluxDB's and this wait share one deadline.
+            let allowed = self.options.stop_flush.max(DEAD_LETTERS_AT_STOP);
+            let deadline = last.then(|| flushing + allowed);
             while !dl.settled(queued, Duration::from_millis(200)) {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     tracing::error!(
                         id,
-                        "checkpoint not taken: the broker did not take the dead letters before the cut within {} ms",
-                        self.options.stop_flush.as_millis()
+                        "checkpoint not taken: {} dead letters were not on the broker within {} ms of stopping",
+                        dl.unsent(),
+                        allowed.as_millis()
                     );
                     return false;
                 }

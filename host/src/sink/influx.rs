@@ -121,7 +121,9 @@ pub struct InfluxStats {
     /// were too large to send on their own (413); not retried.
     pub points_rejected: u64,
     /// Points left out because none of their fields was finite (line
-    /// protocol has no NaN or infinity; such fields alone are dropped).
+    /// protocol has no NaN or infinity; such fields alone are dropped). A
+    /// point without a finite field merged into a held one of its time
+    /// counts in `points_coalesced` instead.
     pub points_skipped_non_finite: u64,
     /// Points left out because line protocol cannot carry their names or
     /// time: a line break in a name, a backslash at its end or before `,`,
@@ -515,7 +517,7 @@ impl LaneBuffer {
     ) {
         let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
         if coalesce {
-            held.put(hash, series, fields, symbol, ts, values, |p| {
+            let put = held.put(hash, series, fields, symbol, ts, values, line::names_writable, |p| {
                 Self::format(
                     lines,
                     points,
@@ -529,9 +531,12 @@ impl LaneBuffer {
                     &p.values,
                 )
             });
-        } else {
-            Self::format(lines, points, shared, tags, warned_unwritable, series, fields, symbol, ts, values);
+            if put != coalesce::Put::Direct {
+                return;
+            }
         }
+        // Not merged (or names line protocol cannot carry): as it is.
+        Self::format(lines, points, shared, tags, warned_unwritable, series, fields, symbol, ts, values);
     }
 
     fn hand_over(&mut self) -> Result<(), InfluxError> {

@@ -16,8 +16,8 @@
 //! over its partitions that are not idle.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::decode::{Decoder, Trade};
@@ -25,7 +25,7 @@ use crate::source::Row;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
@@ -683,27 +683,53 @@ impl PartitionReader {
 
 /// The dead-letter topic: a record as it came (or a late trade as a flat
 /// record), with headers saying why and where from.
+///
+/// A dead letter the broker refuses or times out is kept and sent again
+/// (while a checkpoint or the end of the run waits for it), never dropped:
+/// a checkpoint is written only once the letters of the records before its
+/// cut are on the broker, since a restart does not read those records
+/// again.
 pub struct DeadLetters {
     producer: ThreadedProducer<DeadLetterDeliveries>,
     topic: String,
     source_topic: String,
-    /// The next dead letter's sequence number.
-    next: AtomicUsize,
 }
 
-/// Follows the dead letters' deliveries: which are still unanswered (by
-/// their sequence number), and how many the broker did not take.
+/// Follows the dead letters' deliveries.
 #[derive(Default)]
 pub struct DeadLetterDeliveries {
+    /// Attempts that failed (each is retried).
     failed: AtomicU64,
-    /// Queued and not yet answered.
-    pending: Mutex<BTreeSet<usize>>,
+    state: Mutex<Deliveries>,
     answered: Condvar,
 }
 
+#[derive(Default)]
+struct Deliveries {
+    /// The next dead letter's sequence number.
+    next: usize,
+    /// Queued and not yet on the broker, retries included.
+    pending: BTreeSet<usize>,
+    /// Failed, to be sent again.
+    retry: Vec<(usize, OwnedMessage)>,
+    /// When the retries were last sent.
+    retried: Option<Instant>,
+}
+
 impl DeadLetterDeliveries {
-    fn settle(&self, seq: usize) {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&seq);
+    fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Letter `seq` failed: keep it to send again.
+    fn failed(&self, seq: usize, letter: OwnedMessage, error: &dyn std::fmt::Display) {
+        // Rare and serious: say it each time.
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            topic = letter.topic(),
+            "a dead letter was not delivered ({error}); it is sent again while a checkpoint or the end of the run waits for it"
+        );
+        self.lock().retry.push((seq, letter));
         self.answered.notify_all();
     }
 }
@@ -714,14 +740,18 @@ impl ProducerContext for DeadLetterDeliveries {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        if let Err((e, _)) = result {
-            // Rare and serious: say it each time.
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("a dead letter was not delivered: {e}");
+        match result {
+            Ok(_) => {
+                self.lock().pending.remove(&seq);
+                self.answered.notify_all();
+            }
+            Err((e, message)) => self.failed(seq, message.detach(), e),
         }
-        self.settle(seq);
     }
 }
+
+/// The least time between two rounds of sending failed dead letters again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_millis(500);
 
 /// Header names on dead letters.
 pub mod headers {
@@ -744,11 +774,14 @@ impl DeadLetters {
         // Security settings (sasl.*, ssl.*, security.protocol) apply to the
         // producer too; fetch settings do not.
         let mut config = client_config(brokers, options);
-        config.set("linger.ms", "5").set("acks", "all");
+        // A letter librdkafka could not deliver within 5 s (its own retries
+        // included) comes back to us and is sent again: a failure shows in
+        // the log within seconds instead of librdkafka's 5 minutes.
+        config.set("linger.ms", "5").set("acks", "all").set("message.timeout.ms", "5000");
         let producer = config.create_with_context(DeadLetterDeliveries::default()).map_err(|source| {
             KafkaSourceError::Client { brokers: brokers.into(), what: "creating the dead-letter producer", source }
         })?;
-        Ok(DeadLetters { producer, topic: topic.into(), source_topic: source_topic.into(), next: AtomicUsize::new(0) })
+        Ok(DeadLetters { producer, topic: topic.into(), source_topic: source_topic.into() })
     }
 
     /// Queues a dead letter. When librdkafka's queue is full it waits:
@@ -759,9 +792,19 @@ impl DeadLetters {
             .insert(Header { key: headers::KIND, value: Some(kind) })
             .insert(Header { key: headers::REASON, value: Some(reason) })
             .insert(Header { key: headers::SOURCE, value: Some(source.as_str()) });
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let deliveries = self.producer.context();
-        deliveries.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(seq);
+        let seq = {
+            let mut state = self.producer.context().lock();
+            let seq = state.next;
+            state.next += 1;
+            state.pending.insert(seq);
+            seq
+        };
+        self.queue(seq, key, payload, headers);
+    }
+
+    /// Hands letter `seq` to librdkafka, waiting while its queue is full;
+    /// keeps it to send again if librdkafka refuses it.
+    fn queue(&self, seq: usize, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) {
         let mut record = BaseRecord::with_opaque_to(&self.topic, seq).payload(payload).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -773,54 +816,78 @@ impl DeadLetters {
                     record = r;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) => {
-                    deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                    deliveries.settle(seq);
-                    tracing::error!(topic = %self.topic, "cannot queue a dead letter: {e}");
+                Err((e, r)) => {
+                    let letter = OwnedMessage::new(
+                        Some(payload.to_vec()),
+                        key.map(<[u8]>::to_vec),
+                        self.topic.clone(),
+                        rdkafka::Timestamp::NotAvailable,
+                        -1,
+                        -1,
+                        r.headers,
+                    );
+                    self.producer.context().failed(seq, letter, &e);
                     return;
                 }
             }
         }
     }
 
+    /// Sends the failed letters again, at most once per [`DEAD_LETTER_RETRY`].
+    fn retry(&self) {
+        let letters = {
+            let mut state = self.producer.context().lock();
+            if state.retry.is_empty() || state.retried.is_some_and(|t| t.elapsed() < DEAD_LETTER_RETRY) {
+                return;
+            }
+            state.retried = Some(Instant::now());
+            std::mem::take(&mut state.retry)
+        };
+        for (seq, letter) in letters {
+            let headers = letter.headers().cloned().unwrap_or_else(OwnedHeaders::new);
+            self.queue(seq, letter.key(), letter.payload().unwrap_or_default(), headers);
+        }
+    }
+
     /// How far [`settled`](Self::settled) must get for every dead letter
     /// queued so far.
     pub fn queued(&self) -> usize {
-        self.next.load(Ordering::Relaxed)
+        self.producer.context().lock().next
     }
 
-    /// Waits until the broker has answered every dead letter queued before
-    /// `queued` (see [`queued`](Self::queued)), or `timeout` passes
-    /// (false). Later ones do not hold it up, so a steady stream of dead
-    /// letters cannot keep a checkpoint waiting.
+    /// Waits until every dead letter queued before `queued` (see
+    /// [`queued`](Self::queued)) is on the broker, sending failed ones
+    /// again meanwhile, or until `timeout` passes (false). Later ones do
+    /// not hold it up, so a steady stream of dead letters cannot keep a
+    /// checkpoint waiting.
     pub fn settled(&self, queued: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let deliveries = self.producer.context();
-        let mut pending = deliveries.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        while pending.first().is_some_and(|&seq| seq < queued) {
+        loop {
+            self.retry();
+            let state = deliveries.lock();
+            if state.pending.first().is_none_or(|&seq| seq >= queued) {
+                return true;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            pending =
-                deliveries.answered.wait_timeout(pending, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            // Woken by an answer; at the latest when the retries are due.
+            let wait = (deadline - now).min(DEAD_LETTER_RETRY);
+            drop(deliveries.answered.wait_timeout(state, wait).unwrap_or_else(PoisonError::into_inner));
         }
-        true
     }
 
-    /// Waits until every queued dead letter is acknowledged (or `timeout`).
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+    /// Dead letters not yet on the broker (queued, in flight, or waiting
+    /// to be sent again).
+    pub fn unsent(&self) -> u64 {
+        self.producer.context().lock().pending.len() as u64
     }
 
-    /// Dead letters the broker did not take.
-    pub fn failed(&self) -> u64 {
+    /// Attempts to send a dead letter that failed (each was retried).
+    pub fn failed_attempts(&self) -> u64 {
         self.producer.context().failed.load(Ordering::Relaxed)
-    }
-
-    /// Dead letters queued and not yet acknowledged.
-    pub fn in_flight(&self) -> u64 {
-        self.producer.in_flight_count().max(0) as u64
     }
 }
 

@@ -214,10 +214,10 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     // the killed runs each at least once more (a checkpoint waits for the
     // broker to take those before its cut).
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-    for source in dead_letter_sources(&broker) {
+    let dead = scenario.dead();
+    for source in dead_letter_sources(&broker, 2 * dead.len()) {
         *sent.entry(source).or_default() += 1;
     }
-    let dead = scenario.dead();
     assert!(!dead.is_empty());
     for (partition, offset) in dead.keys() {
         let source = format!("trades/{partition}/{offset}");
@@ -227,9 +227,9 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     assert!(sent.is_empty(), "dead letters of good records: {:?}", sent.keys().take(5).collect::<Vec<_>>());
 }
 
-/// The source header of every dead letter in `trades.dead-letter`, read
-/// until none comes for 2 s.
-fn dead_letter_sources(broker: &crate::support::Tansu) -> Vec<String> {
+/// The source header of every dead letter in `trades.dead-letter`: at
+/// least `expected` (or 60 s), then until none comes for 2 s.
+fn dead_letter_sources(broker: &crate::support::Tansu, expected: usize) -> Vec<String> {
     use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
     let consumer = broker.consumer("tickfold-test-dlq-recovery");
@@ -237,7 +237,14 @@ fn dead_letter_sources(broker: &crate::support::Tansu) -> Vec<String> {
     assignment.add_partition_offset("trades.dead-letter", 0, rdkafka::Offset::Beginning).unwrap();
     consumer.assign(&assignment).unwrap();
     let mut sources = Vec::new();
-    while let Some(m) = consumer.poll(Duration::from_secs(2)) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Some(m) = consumer.poll(Duration::from_secs(2)) else {
+            if sources.len() >= expected || Instant::now() >= deadline {
+                break;
+            }
+            continue;
+        };
         let m = m.unwrap();
         let source = m
             .headers()

@@ -10,6 +10,10 @@
 //! it (its finite fields win, as on the server), and formats a held point
 //! only when a point at another time displaces it or the writer hands its
 //! lines over. What the server ends up storing is the same.
+//!
+//! A series whose names line protocol cannot carry is not merged: such a
+//! point is skipped only when the unwritable field is finite, so merging
+//! could carry that field into a point that would have been written.
 
 use compact_str::CompactString;
 use hashbrown::HashTable;
@@ -33,6 +37,8 @@ struct Slot {
     point: Held,
     /// Whether `point` is still to be formatted.
     held: bool,
+    /// Its names cannot all be written: its points are not merged.
+    direct: bool,
 }
 
 /// The newest point of each series and symbol one lane buffer has not
@@ -42,8 +48,11 @@ pub(super) struct Coalescer {
     /// Indexes into `slots`, by the hash of (series, symbol).
     index: HashTable<u32>,
     slots: Vec<Slot>,
-    /// Slots holding a point, in the order they began to.
+    /// Slots holding a point, in the order they began to (a slot that
+    /// stopped holding one may still be listed).
     held: Vec<u32>,
+    /// Points held.
+    holding: usize,
     /// Points merged into a later one since [`take_merged`](Self::take_merged).
     merged: u64,
 }
@@ -57,18 +66,24 @@ pub(super) enum Put {
     Held,
     /// Held, after the point it displaced was given to `emit`.
     Displaced,
+    /// Not taken: its names cannot all be written, so it is to be
+    /// formatted (and skipped) as it is; a point held before for its
+    /// series and symbol went to `emit`.
+    Direct,
 }
 
 impl Coalescer {
     /// Points held.
     pub(super) fn len(&self) -> usize {
-        self.held.len()
+        self.holding
     }
 
     /// Holds a point of `series` and `symbol` (`hash` is of the two),
     /// merging it into the held one if that has the same time. A held point
     /// at another time (or with other fields: a redeployed series) goes to
     /// `emit` first, so a key's points leave in the order they came.
+    /// `writable` says whether line protocol can carry a series, its
+    /// fields and a symbol (asked once per key and field list).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn put(
         &mut self,
@@ -78,6 +93,7 @@ impl Coalescer {
         symbol: &str,
         ts: i64,
         values: &[f64],
+        writable: impl FnOnce(&str, &[String], &str) -> bool,
         emit: impl FnOnce(&Held),
     ) -> Put {
         let slots = &self.slots;
@@ -87,6 +103,7 @@ impl Coalescer {
         });
         let Some(&i) = found else {
             let i = self.slots.len() as u32;
+            let direct = !writable(series, fields, symbol);
             self.slots.push(Slot {
                 hash,
                 point: Held {
@@ -96,16 +113,46 @@ impl Coalescer {
                     ts,
                     values: values.to_vec(),
                 },
-                held: true,
+                held: !direct,
+                direct,
             });
             let slots = &self.slots;
             self.index.insert_unique(hash, i, |&j| slots[j as usize].hash);
+            if direct {
+                return Put::Direct;
+            }
             self.held.push(i);
+            self.holding += 1;
             return Put::Held;
         };
         let slot = &mut self.slots[i as usize];
         let same_fields = slot.point.fields == fields;
-        if slot.held && slot.point.ts == ts && same_fields {
+        if !same_fields {
+            // A redeployed series: what it held goes first, and its new
+            // names are checked again.
+            let displaced = slot.held;
+            if displaced {
+                emit(&slot.point);
+                slot.held = false;
+                self.holding -= 1;
+            }
+            slot.point.fields = fields.to_vec();
+            slot.direct = !writable(series, fields, symbol);
+            if slot.direct {
+                return Put::Direct;
+            }
+            slot.held = true;
+            self.held.push(i);
+            self.holding += 1;
+            slot.point.ts = ts;
+            slot.point.values.clear();
+            slot.point.values.extend_from_slice(values);
+            return if displaced { Put::Displaced } else { Put::Held };
+        }
+        if slot.direct {
+            return Put::Direct;
+        }
+        if slot.held && slot.point.ts == ts {
             for (have, &new) in slot.point.values.iter_mut().zip(values) {
                 if new.is_finite() {
                     *have = new;
@@ -120,9 +167,7 @@ impl Coalescer {
         } else {
             slot.held = true;
             self.held.push(i);
-        }
-        if !same_fields {
-            slot.point.fields = fields.to_vec();
+            self.holding += 1;
         }
         slot.point.ts = ts;
         slot.point.values.clear();
@@ -135,10 +180,12 @@ impl Coalescer {
     pub(super) fn drain(&mut self, mut emit: impl FnMut(&Held)) {
         for &i in &self.held {
             let slot = &mut self.slots[i as usize];
-            slot.held = false;
-            emit(&slot.point);
+            if std::mem::replace(&mut slot.held, false) {
+                emit(&slot.point);
+            }
         }
         self.held.clear();
+        self.holding = 0;
         if self.slots.len() > MAX_REMEMBERED {
             self.index.clear();
             self.slots.clear();
@@ -214,13 +261,23 @@ mod tests {
             let value = |n: u64| if n == 0 { f64::NAN } else { n as f64 };
             let values = vec![value(next(5)), value(next(5))];
             written.push((series[s], symbols[k], ts, values.clone()));
-            let put = c.put(hash(series[s], symbols[k]), series[s], &fields, symbols[k], ts, &values, |p| {
-                emitted.push((p.series.to_string(), p.symbol.to_string(), p.ts, p.values.clone()));
-            });
+            let put = c.put(
+                hash(series[s], symbols[k]),
+                series[s],
+                &fields,
+                symbols[k],
+                ts,
+                &values,
+                |_, _, _| true,
+                |p| {
+                    emitted.push((p.series.to_string(), p.symbol.to_string(), p.ts, p.values.clone()));
+                },
+            );
             match put {
                 Put::Merged => counts.0 += 1,
                 Put::Held => counts.1 += 1,
                 Put::Displaced => counts.2 += 1,
+                Put::Direct => unreachable!("every name here is writable"),
             }
             if next(500) == 0 {
                 c.drain(|p| emitted.push((p.series.to_string(), p.symbol.to_string(), p.ts, p.values.clone())));
@@ -260,9 +317,18 @@ mod tests {
         let (one, two) = (vec!["a".to_string()], vec!["a".to_string(), "b".to_string()]);
         let h = hash("s", "K");
         let mut out = Vec::new();
-        assert_eq!(c.put(h, "s", &one, "K", 5, &[1.0], |_| unreachable!()), Put::Held);
+        assert_eq!(c.put(h, "s", &one, "K", 5, &[1.0], |_, _, _| true, |_| unreachable!()), Put::Held);
         assert_eq!(
-            c.put(h, "s", &two, "K", 5, &[2.0, 3.0], |p| out.push((p.fields.clone(), p.values.clone()))),
+            c.put(
+                h,
+                "s",
+                &two,
+                "K",
+                5,
+                &[2.0, 3.0],
+                |_, _, _| true,
+                |p| out.push((p.fields.clone(), p.values.clone()))
+            ),
             Put::Displaced
         );
         c.drain(|p| out.push((p.fields.clone(), p.values.clone())));
@@ -270,16 +336,36 @@ mod tests {
     }
 
     #[test]
+    fn a_series_with_unwritable_names_is_never_held_until_its_fields_change() {
+        let mut c = Coalescer::default();
+        let (bad, good) = (vec!["v".to_string(), "b\n".to_string()], vec!["v".to_string()]);
+        let h = hash("s", "K");
+        let writable = |_: &str, fields: &[String], _: &str| !fields.iter().any(|f| f.contains('\n'));
+        let mut out = Vec::new();
+        for ts in [1, 1, 2] {
+            assert_eq!(c.put(h, "s", &bad, "K", ts, &[1.0, 2.0], writable, |_| unreachable!()), Put::Direct);
+        }
+        assert_eq!(c.len(), 0);
+        // Redeployed with writable fields: held and merged again.
+        assert_eq!(c.put(h, "s", &good, "K", 3, &[1.0], writable, |_| unreachable!()), Put::Held);
+        assert_eq!(c.put(h, "s", &good, "K", 3, &[4.0], writable, |_| unreachable!()), Put::Merged);
+        // And back: the held point goes first.
+        assert_eq!(c.put(h, "s", &bad, "K", 3, &[1.0, 2.0], writable, |p| out.push(p.values.clone())), Put::Direct);
+        assert_eq!((c.len(), out), (0, vec![vec![4.0]]));
+        c.drain(|_| unreachable!());
+    }
+
+    #[test]
     fn a_key_seen_before_a_drain_is_held_again_after_it() {
         let mut c = Coalescer::default();
         let f = vec!["v".to_string()];
         let h = hash("s", "K");
-        c.put(h, "s", &f, "K", 1, &[1.0], |_| unreachable!());
+        c.put(h, "s", &f, "K", 1, &[1.0], |_, _, _| true, |_| unreachable!());
         let mut out = Vec::new();
         c.drain(|p| out.push(p.ts));
         // Same time again, after the drain: a new point, not merged into
         // the one already posted.
-        assert_eq!(c.put(h, "s", &f, "K", 1, &[2.0], |_| unreachable!()), Put::Held);
+        assert_eq!(c.put(h, "s", &f, "K", 1, &[2.0], |_, _, _| true, |_| unreachable!()), Put::Held);
         c.drain(|p| out.push(p.values[0] as i64));
         assert_eq!(out, vec![1, 2]);
         assert_eq!(c.take_merged(), 0);

@@ -66,6 +66,14 @@ pub(super) fn push_line(
     result
 }
 
+/// Whether line protocol can carry `series`, `fields` and `symbol` (the
+/// names [`push_line`] checks), whatever the values and time.
+pub(super) fn names_writable(series: &str, fields: &[String], symbol: &str) -> bool {
+    let mut scratch = String::new();
+    let ones = vec![1.0; fields.len()];
+    push_line(&mut scratch, &TagSet::default(), series, fields, symbol, 0, &ones).is_ok()
+}
+
 fn push_line_unchecked(
     out: &mut String,
     tags: &TagSet,

@@ -771,6 +771,27 @@ fn series_spread_over_connections_stay_in_order_and_are_all_written_once() {
 }
 
 #[test]
+fn points_with_unwritable_names_are_not_merged_into_ones_that_would_be_written() {
+    // The unwritable field is finite in the first point only: plain, that
+    // point is skipped and the second written; merged it must be the same.
+    let run = |coalesce: bool| {
+        let mock = Mock::start(|_, _| Reply::status(204));
+        let sink = InfluxSink::start(InfluxConfig { coalesce, ..config(&mock) }).unwrap();
+        let mut w = sink.writer();
+        let fields = ["v".to_string(), "odd\n".to_string()];
+        w.write("s", &fields, "S", T0, &[1.0, 5.0]).unwrap();
+        w.write("s", &fields, "S", T0, &[2.0, f64::NAN]).unwrap();
+        w.hand_over().unwrap();
+        sink.sync().unwrap();
+        let stats = sink.close().unwrap();
+        (mock.accepted(), stats.points_skipped_unwritable, stats.points_coalesced)
+    };
+    let want = (vec![format!("s,symbol=S v=2.0 {T0}")], 1, 0);
+    assert_eq!(run(false), want);
+    assert_eq!(run(true), want);
+}
+
+#[test]
 fn each_lane_waits_the_flush_interval_from_its_own_oldest_point() {
     let mock = Mock::start(|_, _| Reply::status(204));
     let config = InfluxConfig { connections: 2, flush_interval_ms: 300, ..config(&mock) };
