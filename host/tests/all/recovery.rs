@@ -215,7 +215,7 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     // broker to take those before its cut).
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
     let dead = scenario.dead();
-    for source in dead_letter_sources(&broker, 2 * dead.len()) {
+    for source in dead_letter_sources(&broker, "trades.dead-letter", 2 * dead.len()) {
         *sent.entry(source).or_default() += 1;
     }
     assert!(!dead.is_empty());
@@ -227,14 +227,14 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     assert!(sent.is_empty(), "dead letters of good records: {:?}", sent.keys().take(5).collect::<Vec<_>>());
 }
 
-/// The source header of every dead letter in `trades.dead-letter`: at
-/// least `expected` (or 60 s), then until none comes for 2 s.
-fn dead_letter_sources(broker: &crate::support::Tansu, expected: usize) -> Vec<String> {
+/// The source header of every dead letter in `topic`: at least `expected`
+/// (or 60 s), then until none comes for 2 s.
+fn dead_letter_sources(broker: &crate::support::Tansu, topic: &str, expected: usize) -> Vec<String> {
     use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
     let consumer = broker.consumer("tickfold-test-dlq-recovery");
     let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment.add_partition_offset("trades.dead-letter", 0, rdkafka::Offset::Beginning).unwrap();
+    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
     consumer.assign(&assignment).unwrap();
     let mut sources = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -288,6 +288,57 @@ pub(crate) fn assert_same_outputs(influx: &Influxd, clean: &Path, faulty: &Path,
             "{measurement}: {} points after the kills, {} without; missing e.g. {missing:#?}; extra e.g. {extra:#?}",
             other.len(),
             points.len()
+        );
+    }
+}
+
+#[test]
+fn no_checkpoint_is_written_while_dead_letters_before_it_are_not_on_the_broker() {
+    // The dead-letter topic does not exist at first, so the dead letters
+    // stay unsent (librdkafka hands them back after 5 s, and they are kept
+    // and sent again). The host runs on, without `stop_when_idle_ms`, until
+    // told to stop.
+    let (broker, scenario) = seeded_broker_in_batches_of(2028, 20_000, 500);
+    let influx = Influxd::start();
+    influx.create_database("dlq");
+    let dir = TempDir::new("recovery-dlq");
+    let path = config(dir.path(), &broker, &influx, "dlq", Extra::default());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("stop_when_idle_ms = 1500\n"));
+    std::fs::write(&path, text.replace("stop_when_idle_ms = 1500\n", "dead_letter_topic = \"trades.dlq\"\n")).unwrap();
+    let log = dir.path().join("tickfold.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let written = || read().lines().filter(|l| l.contains(" written to ")).count();
+    let mut child = start(&path, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read().contains("a dead letter was not delivered") {
+        assert!(child.try_wait().unwrap().is_none(), "the host ended early:\n{}", read());
+        assert!(Instant::now() < deadline, "the dead letters never failed:\n{}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Letters before every later cut are stuck: no checkpoint completes.
+    let stuck = written();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(written(), stuck, "a checkpoint was written while dead letters before its cut were unsent:\n{}", read());
+
+    broker.create_topic("trades.dlq", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written() == stuck {
+        assert!(child.try_wait().unwrap().is_none(), "the host ended early:\n{}", read());
+        assert!(Instant::now() < deadline, "no checkpoint once the letters could go:\n{}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_success(&mut child, &log, Duration::from_secs(60));
+
+    let dead = scenario.dead();
+    let sent: std::collections::BTreeSet<String> =
+        dead_letter_sources(&broker, "trades.dlq", dead.len()).into_iter().collect();
+    for (partition, offset) in dead.keys() {
+        assert!(
+            sent.contains(&format!("trades/{partition}/{offset}")),
+            "trades/{partition}/{offset} was not dead-lettered"
         );
     }
 }
