@@ -502,6 +502,18 @@ impl LaneBuffer {
         }
     }
 
+    /// [`format`](Self::format) for a point the coalescer held.
+    fn format_held(
+        lines: &mut String,
+        points: &mut usize,
+        shared: &Shared,
+        tags: &TagSet,
+        warned_unwritable: &mut bool,
+        p: &coalesce::Held,
+    ) {
+        Self::format(lines, points, shared, tags, warned_unwritable, &p.series, &p.fields, &p.symbol, p.ts, &p.values);
+    }
+
     /// Takes a point: held to be merged with others of its time, or
     /// formatted at once.
     #[allow(clippy::too_many_arguments)]
@@ -518,18 +530,7 @@ impl LaneBuffer {
         let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
         if coalesce {
             let put = held.put(hash, series, fields, symbol, ts, values, line::names_writable, |p| {
-                Self::format(
-                    lines,
-                    points,
-                    shared,
-                    tags,
-                    warned_unwritable,
-                    &p.series,
-                    &p.fields,
-                    &p.symbol,
-                    p.ts,
-                    &p.values,
-                )
+                Self::format_held(lines, points, shared, tags, warned_unwritable, p)
             });
             if put != coalesce::Put::Direct {
                 return;
@@ -541,20 +542,7 @@ impl LaneBuffer {
 
     fn hand_over(&mut self) -> Result<(), InfluxError> {
         let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
-        held.drain(|p| {
-            Self::format(
-                lines,
-                points,
-                shared,
-                tags,
-                warned_unwritable,
-                &p.series,
-                &p.fields,
-                &p.symbol,
-                p.ts,
-                &p.values,
-            )
-        });
+        held.drain(|p| Self::format_held(lines, points, shared, tags, warned_unwritable, p));
         let merged = held.take_merged();
         if merged > 0 {
             shared.counters.points_coalesced.fetch_add(merged, Ordering::Relaxed);

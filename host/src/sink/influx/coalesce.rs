@@ -127,32 +127,10 @@ impl Coalescer {
         };
         let slot = &mut self.slots[i as usize];
         let same_fields = slot.point.fields == fields;
-        if !same_fields {
-            // A redeployed series: what it held goes first, and its new
-            // names are checked again.
-            let displaced = slot.held;
-            if displaced {
-                emit(&slot.point);
-                slot.held = false;
-                self.holding -= 1;
-            }
-            slot.point.fields = fields.to_vec();
-            slot.direct = !writable(series, fields, symbol);
-            if slot.direct {
-                return Put::Direct;
-            }
-            slot.held = true;
-            self.held.push(i);
-            self.holding += 1;
-            slot.point.ts = ts;
-            slot.point.values.clear();
-            slot.point.values.extend_from_slice(values);
-            return if displaced { Put::Displaced } else { Put::Held };
-        }
-        if slot.direct {
+        if same_fields && slot.direct {
             return Put::Direct;
         }
-        if slot.held && slot.point.ts == ts {
+        if same_fields && slot.held && slot.point.ts == ts {
             for (have, &new) in slot.point.values.iter_mut().zip(values) {
                 if new.is_finite() {
                     *have = new;
@@ -164,7 +142,20 @@ impl Coalescer {
         let displaced = slot.held;
         if displaced {
             emit(&slot.point);
-        } else {
+        }
+        if !same_fields {
+            // A redeployed series: its new names are checked again.
+            slot.point.fields = fields.to_vec();
+            slot.direct = !writable(series, fields, symbol);
+            if slot.direct {
+                if displaced {
+                    slot.held = false;
+                    self.holding -= 1;
+                }
+                return Put::Direct;
+            }
+        }
+        if !displaced {
             slot.held = true;
             self.held.push(i);
             self.holding += 1;
