@@ -34,10 +34,31 @@ pub fn queries(dashboard: &serde_json::Value, key: &str) -> Vec<(String, String)
     out
 }
 
-/// The standard plugin set as deploy/tickfold.toml has it (the names the
-/// dashboards query), into InfluxDB `url` (v1), over a file.
+/// The plugin DAG of deploy/tickfold.toml itself (the stack the dashboards
+/// ship with), its WebAssembly paths pointed at this build's plugins, into
+/// InfluxDB `url` (v1), over a file.
 fn config(dir: &Path, url: &str) -> std::path::PathBuf {
-    let text = format!(
+    let deployed: toml::Table = std::fs::read_to_string(root().join("deploy/tickfold.toml")).unwrap().parse().unwrap();
+    let mut plugins = deployed["plugin"].as_array().expect("[[plugin]] tables in deploy/tickfold.toml").clone();
+    for plugin in &mut plugins {
+        let plugin = plugin.as_table_mut().unwrap();
+        let path = plugin["wasm"].as_str().unwrap().to_string();
+        let name =
+            path.strip_prefix("/opt/tickfold/plugins/").and_then(|p| p.strip_suffix(".wasm")).unwrap_or_else(|| {
+                panic!(
+                    "deploy/tickfold.toml: `{path}` is not one of the image's plugins (/opt/tickfold/plugins/NAME.wasm)"
+                )
+            });
+        plugin.insert("wasm".into(), plugin_wasm(name).display().to_string().into());
+        if name == "anomaly" {
+            // A lower threshold than the stack's, so that an hour of
+            // synthetic trades has alerts for the annotation to find.
+            let params = plugin["params"].as_table_mut().unwrap();
+            params.insert("window".into(), 50.into());
+            params.insert("threshold".into(), 2.5.into());
+        }
+    }
+    let mut config: toml::Table = format!(
         r#"
 workers = 2
 [kafka]
@@ -45,60 +66,18 @@ brokers = "127.0.0.1:1"
 topic = "trades"
 allowed_lateness_ms = 2000
 
-[[plugin]]
-wasm = "{ohlcv}"
-input = "trades"
-params = {{ window = "1m" }}
-rename = {{ bars = "bars_1m" }}
-
-[[plugin]]
-wasm = "{vwap}"
-input = "trades"
-params = {{ session_start = "00:00", window = "5m" }}
-
-[[plugin]]
-wasm = "{rsi}"
-input = "bars_1m"
-params = {{ period = 14, field = "close" }}
-rename = {{ rsi = "rsi_14" }}
-
-[[plugin]]
-wasm = "{ema}"
-input = "bars_1m"
-params = {{ periods = [12, 26], field = "close" }}
-
-[[plugin]]
-wasm = "{macd}"
-input = "bars_1m"
-params = {{ fast = 12, slow = 26, signal = 9 }}
-
-[[plugin]]
-wasm = "{bollinger}"
-input = "bars_1m"
-params = {{ period = 20, stddev = 2.0 }}
-
-# A low threshold, so that an hour of synthetic trades has alerts.
-[[plugin]]
-wasm = "{anomaly}"
-input = "trades"
-params = {{ window = 50, threshold = 2.5, of = "returns", field = "price" }}
-
 [sinks.influx]
 url = "{url}"
 api = "v1"
 database = "tickfold"
 flush_interval_ms = 100
-"#,
-        ohlcv = plugin_wasm("ohlcv").display(),
-        vwap = plugin_wasm("vwap").display(),
-        rsi = plugin_wasm("rsi").display(),
-        ema = plugin_wasm("ema").display(),
-        macd = plugin_wasm("macd").display(),
-        bollinger = plugin_wasm("bollinger").display(),
-        anomaly = plugin_wasm("anomaly").display(),
-    );
+"#
+    )
+    .parse()
+    .unwrap();
+    config.insert("plugin".into(), plugins.into());
     let path = dir.join("tickfold.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     path
 }
 
