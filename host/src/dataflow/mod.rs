@@ -436,15 +436,15 @@ pub struct RunStats {
     pub checkpoint_at_stop: Option<u64>,
 }
 
+/// How long the end of a run waits for the broker to take the last dead
+/// letters (failed ones are sent again meanwhile).
+const DEAD_LETTERS_AT_END: Duration = Duration::from_secs(30);
+
 /// Runs the pipeline over every partition of the topic until the input
 /// ends (`stop_when_idle`) or `interrupted` is set. On interruption, open
 /// windows stay open (they are not final), a last checkpoint is taken where
 /// the sources stopped (with `[checkpoint]`), and the sinks write what they
 /// hold.
-/// How long the end of a run waits for the broker to take the last dead
-/// letters (failed ones are sent again meanwhile).
-const DEAD_LETTERS_AT_END: Duration = Duration::from_secs(30);
-
 pub fn run(
     options: &RunOptions,
     pipeline: &Pipeline,
