@@ -310,7 +310,7 @@ pub struct Latency {
 ///
 /// The sink merges the VWAP points of a symbol's millisecond (`coalesce`),
 /// so one point may carry several trades: the percentiles are per trade,
-/// the trades of a millisecond counted (see [`per_trade`]) from the same
+/// the trades of a millisecond counted (see `per_trade`) from the same
 /// seeded feed.
 pub fn latency(config: &Config, rate: f64, seconds: f64, warmup: Duration) -> Result<Latency> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the InfluxDB stand-in")?;
