@@ -99,7 +99,7 @@ pub struct Fanout {
     /// Time spent in the sinks since the owner last took it, in ns.
     pub busy_ns: u64,
     /// Also time per-sample writes (else only the batch-level calls): one
-    /// in [`TIME_ONE_IN`], scaled up, since clock reads are not free.
+    /// in `TIME_ONE_IN` (32), scaled up, since clock reads are not free.
     pub timed: bool,
     /// Per-sample writes since the last timed one.
     untimed: u32,
