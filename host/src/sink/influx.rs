@@ -230,11 +230,8 @@ impl InfluxSink {
                 .iter()
                 .map(|lane| LaneBuffer {
                     shared: lane.shared.clone(),
-                    tags: self.tags.clone(),
-                    lines: String::new(),
-                    points: 0,
+                    out: Lines { tags: self.tags.clone(), lines: String::new(), points: 0, warned_unwritable: false },
                     held: Coalescer::default(),
-                    warned_unwritable: false,
                     since: Instant::now(),
                 })
                 .collect(),
@@ -424,17 +421,50 @@ pub struct InfluxWriter {
 /// A writer's points for one lane.
 struct LaneBuffer {
     shared: Arc<Shared>,
-    tags: Arc<TagSet>,
-    /// Lines not yet handed over, each ending in `\n`.
-    lines: String,
-    /// Points in `lines`.
-    points: usize,
+    /// Formatted, not yet handed over.
+    out: Lines,
     /// Points not yet formatted, one per series and symbol (`coalesce`).
     held: Coalescer,
-    warned_unwritable: bool,
     /// When this lane's oldest point not handed over was written: the
     /// thread posts a chunk once that is `flush_interval_ms` old.
     since: Instant,
+}
+
+/// Line protocol not yet handed over.
+struct Lines {
+    tags: Arc<TagSet>,
+    /// Each ending in `\n`.
+    lines: String,
+    /// Points in `lines`.
+    points: usize,
+    warned_unwritable: bool,
+}
+
+impl Lines {
+    /// Formats one point, or counts (in `counters`) why it cannot be.
+    fn push(&mut self, counters: &Counters, series: &str, fields: &[String], symbol: &str, ts: i64, values: &[f64]) {
+        match push_line(&mut self.lines, &self.tags, series, fields, symbol, ts, values) {
+            Ok(()) => self.points += 1,
+            Err(Skip::NonFinite) => {
+                counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Skip::Unwritable) => {
+                counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
+                // Once per writer and lane: the counter tells the rest.
+                if !std::mem::replace(&mut self.warned_unwritable, true) {
+                    warn!(
+                        series, symbol, ts, fields = ?fields,
+                        "a point cannot be written as InfluxDB line protocol (a line break in a name, a backslash at its end or before `,`, `=` or a space, a measurement starting with `#`, or a time outside 1677-2262), so it is left out; further ones are only counted in points_skipped_unwritable"
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`push`](Self::push) for a point the coalescer held.
+    fn push_held(&mut self, counters: &Counters, p: &coalesce::Held) {
+        self.push(counters, &p.series, &p.fields, &p.symbol, p.ts, &p.values);
+    }
 }
 
 impl InfluxWriter {
@@ -467,51 +497,7 @@ fn route_hash(series: &str, symbol: &str) -> u64 {
 impl LaneBuffer {
     /// Points formatted or held.
     fn pending(&self) -> usize {
-        self.points + self.held.len()
-    }
-
-    /// Formats one point into the lines, or counts why it cannot be.
-    #[allow(clippy::too_many_arguments)]
-    fn format(
-        lines: &mut String,
-        points: &mut usize,
-        shared: &Shared,
-        tags: &TagSet,
-        warned_unwritable: &mut bool,
-        series: &str,
-        fields: &[String],
-        symbol: &str,
-        ts: i64,
-        values: &[f64],
-    ) {
-        match push_line(lines, tags, series, fields, symbol, ts, values) {
-            Ok(()) => *points += 1,
-            Err(Skip::NonFinite) => {
-                shared.counters.points_skipped_non_finite.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(Skip::Unwritable) => {
-                shared.counters.points_skipped_unwritable.fetch_add(1, Ordering::Relaxed);
-                // Once per writer and lane: the counter tells the rest.
-                if !std::mem::replace(warned_unwritable, true) {
-                    warn!(
-                        series, symbol, ts, fields = ?fields,
-                        "a point cannot be written as InfluxDB line protocol (a line break in a name, a backslash at its end or before `,`, `=` or a space, a measurement starting with `#`, or a time outside 1677-2262), so it is left out; further ones are only counted in points_skipped_unwritable"
-                    );
-                }
-            }
-        }
-    }
-
-    /// [`format`](Self::format) for a point the coalescer held.
-    fn format_held(
-        lines: &mut String,
-        points: &mut usize,
-        shared: &Shared,
-        tags: &TagSet,
-        warned_unwritable: &mut bool,
-        p: &coalesce::Held,
-    ) {
-        Self::format(lines, points, shared, tags, warned_unwritable, &p.series, &p.fields, &p.symbol, p.ts, &p.values);
+        self.out.points + self.held.len()
     }
 
     /// Takes a point: held to be merged with others of its time, or
@@ -527,30 +513,30 @@ impl LaneBuffer {
         ts: i64,
         values: &[f64],
     ) {
-        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
+        let (out, counters) = (&mut self.out, &self.shared.counters);
         if coalesce {
-            let put = held.put(hash, series, fields, symbol, ts, values, line::names_writable, |p| {
-                Self::format_held(lines, points, shared, tags, warned_unwritable, p)
-            });
+            let put = self
+                .held
+                .put(hash, series, fields, symbol, ts, values, line::names_writable, |p| out.push_held(counters, p));
             if put != coalesce::Put::Direct {
                 return;
             }
         }
         // Not merged (or names line protocol cannot carry): as it is.
-        Self::format(lines, points, shared, tags, warned_unwritable, series, fields, symbol, ts, values);
+        out.push(counters, series, fields, symbol, ts, values);
     }
 
     fn hand_over(&mut self) -> Result<(), InfluxError> {
-        let LaneBuffer { shared, tags, lines, points, held, warned_unwritable, since: _ } = self;
-        held.drain(|p| Self::format_held(lines, points, shared, tags, warned_unwritable, p));
-        let merged = held.take_merged();
+        let (out, counters) = (&mut self.out, &self.shared.counters);
+        self.held.drain(|p| out.push_held(counters, p));
+        let merged = self.held.take_merged();
         if merged > 0 {
-            shared.counters.points_coalesced.fetch_add(merged, Ordering::Relaxed);
+            counters.points_coalesced.fetch_add(merged, Ordering::Relaxed);
         }
-        if self.points == 0 {
+        if self.out.points == 0 {
             return Ok(());
         }
-        let points = std::mem::take(&mut self.points) as u64;
+        let points = std::mem::take(&mut self.out.points) as u64;
         let shared = &*self.shared;
         let mut state = shared.lock();
         while state.stopped.is_none() && state.handed - state.settled + points > shared.buffer_points {
@@ -559,7 +545,7 @@ impl LaneBuffer {
         if let Some(stop) = state.stopped {
             let closed = state.closed;
             drop(state);
-            self.lines.clear();
+            self.out.lines.clear();
             return Err(match stop {
                 Stop::Panicked => InfluxError::Stopped { points },
                 Stop::GaveUp if !closed => InfluxError::Unwritten {
@@ -572,7 +558,7 @@ impl LaneBuffer {
         }
         // Swap in an emptied buffer the thread gave back, keeping its capacity.
         let spare = state.spare.pop().unwrap_or_default();
-        let lines = std::mem::replace(&mut self.lines, spare);
+        let lines = std::mem::replace(&mut self.out.lines, spare);
         state.queue.push_back(Chunk { lines, start: 0, points, since: self.since });
         state.handed += points;
         drop(state);
