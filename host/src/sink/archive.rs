@@ -21,6 +21,14 @@
 //! [`ArchiveWriter::advance`] moves the watermark to or past the bucket's
 //! end. `date` is the UTC date of the bucket's start.
 //!
+//! **Full buckets.** A bucket that holds `max_buffered_rows` when the
+//! watermark moves is written then, as parts that continue its sequence
+//! (as a checkpoint writes open buckets), and fills again under the
+//! numbers that follow. Memory stays bounded where an hour of event time
+//! comes in seconds (a backfill from a file, which takes no checkpoints),
+//! and the encoding is spread over the run instead of piled at the hour's
+//! end.
+//!
 //! **Encoding in the background.** The host's writers
 //! ([`ArchiveWriter::encode_in_background`]) hand closed buckets to a thread
 //! of their own, which orders, encodes, compresses and writes them one at a
@@ -43,7 +51,11 @@
 //! the same bytes, and a closing bucket removes any higher-numbered parts an
 //! earlier run left behind, so a replay overwrites rather than duplicates.
 //! Names include the worker, so this holds while the key-to-worker mapping
-//! (worker count) stays the same.
+//! (worker count) stays the same. A bucket written in parts when full (or at
+//! checkpoints) is cut where the run's timing put the cut, so its parts'
+//! rows can differ between runs; the first part a run writes of a bucket
+//! still removes the higher-numbered parts an earlier run left, so each row
+//! is there once after a replay, byte-identical or not.
 //!
 //! **Late rows.** A row whose bucket the watermark has already passed (a
 //! plugin that emits windows late, or a lateness policy that lets it
@@ -118,14 +130,22 @@ pub struct ArchiveConfig {
     /// Event-time width of a file's bucket, in milliseconds (default one
     /// hour). Buckets are aligned to the Unix epoch; pick a width that
     /// divides a day, or a bucket crossing midnight UTC is filed under the
-    /// date it starts on. Every row of a bucket stays in memory until the
-    /// watermark passes the bucket's end.
+    /// date it starts on. A bucket's rows stay in memory until the
+    /// watermark passes its end, or until there are `max_buffered_rows`.
     #[serde(default = "default_roll_interval_ms")]
     pub roll_interval_ms: u64,
     /// Most rows in one file (default 1,000,000); a bucket with more is
     /// split into several files, numbered by their `seq`.
     #[serde(default = "default_max_rows_per_file")]
     pub max_rows_per_file: usize,
+    /// Most rows one bucket of one writer holds in memory (default
+    /// 1,000,000): a bucket that has this many when the watermark moves is
+    /// written out then as parts that continue its sequence, as at a
+    /// checkpoint, and fills again. Without it a backfill, where an hour of
+    /// event time passes in seconds and no checkpoint is taken, held every
+    /// row of the hour in memory and encoded them all at its end.
+    #[serde(default = "default_max_buffered_rows")]
+    pub max_buffered_rows: usize,
     /// zstd compression level, 1 (fastest) to 22 (smallest) (default 3).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
@@ -144,6 +164,10 @@ fn default_max_rows_per_file() -> usize {
     1_000_000
 }
 
+fn default_max_buffered_rows() -> usize {
+    1_000_000
+}
+
 fn default_zstd_level() -> i32 {
     3
 }
@@ -159,6 +183,7 @@ impl ArchiveConfig {
             dir: dir.into(),
             roll_interval_ms: default_roll_interval_ms(),
             max_rows_per_file: default_max_rows_per_file(),
+            max_buffered_rows: default_max_buffered_rows(),
             zstd_level: default_zstd_level(),
             fsync: default_fsync(),
         }
@@ -280,7 +305,8 @@ pub struct Archive {
 impl Archive {
     /// Checks `config`, creates its directory and checks that it is writable.
     pub fn new(config: ArchiveConfig) -> Result<Archive, ArchiveError> {
-        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, zstd_level, fsync: _ } = &config;
+        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, max_buffered_rows, zstd_level, fsync: _ } =
+            &config;
         if *roll_interval_ms == 0 || i64::try_from(*roll_interval_ms).is_err() {
             return Err(ArchiveError::Config {
                 option: "roll_interval_ms",
@@ -293,6 +319,13 @@ impl Archive {
                 option: "max_rows_per_file",
                 value: "0".into(),
                 rule: "a file must hold at least one row",
+            });
+        }
+        if *max_buffered_rows == 0 {
+            return Err(ArchiveError::Config {
+                option: "max_buffered_rows",
+                value: "0".into(),
+                rule: "a bucket must hold at least one row before it is written",
             });
         }
         let level = ZstdLevel::try_new(*zstd_level).map_err(|_| ArchiveError::Config {
@@ -405,11 +438,14 @@ impl SeriesBuf {
         self.last_bucket = usize::MAX;
         if let Some(i) = self.buckets.iter().position(|b| b.start_ms == bucket.start_ms) {
             let other = self.buckets.swap_remove(i);
-            let keep_other = match (other.first_seq.is_some(), bucket.first_seq.is_some()) {
-                (true, false) => true,
-                (false, true) => false,
+            let keep_other = match (other.first_seq, bucket.first_seq) {
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                // Both named: the lower numbers were taken first (a part cut
+                // when the bucket was full, and the rest of the bucket).
+                (Some(a), Some(b)) => a < b,
                 // Neither tried: the on-time one came first.
-                _ => !other.late && bucket.late,
+                (None, None) => !other.late && bucket.late,
             };
             let (mut keep, rest) = if keep_other { (other, bucket) } else { (bucket, other) };
             keep.absorb(&rest);
@@ -464,6 +500,19 @@ impl Bucket {
 
     fn len(&self) -> usize {
         self.ts.len()
+    }
+
+    /// Room for `rows` more rows (with partition and offset if `raw`).
+    fn reserve(&mut self, rows: usize, raw: bool) {
+        self.symbol.reserve(rows);
+        self.ts.reserve(rows);
+        for col in &mut self.values {
+            col.reserve(rows);
+        }
+        if raw {
+            self.partition.reserve(rows);
+            self.offset.reserve(rows);
+        }
     }
 
     /// Forgets the rows (written at a checkpoint); the next parts continue
@@ -643,27 +692,65 @@ impl ArchiveWriter {
         for s in 0..self.series.len() {
             // Oldest first, so an error leaves the newest buckets buffered.
             while let Some(i) = self.due(s) {
-                let mut bucket = self.series[s].buckets.swap_remove(i);
+                let bucket = self.series[s].buckets.swap_remove(i);
                 self.series[s].last_bucket = usize::MAX;
-                if background {
-                    self.send(s, bucket)?;
-                    continue;
-                }
-                match self.files.write_bucket(&self.series[s].meta, &mut bucket) {
-                    Ok((files, bytes)) => {
-                        let rows = bucket.len() as u64;
-                        self.stats.written(rows, files, bytes);
-                    }
-                    Err(e) => {
-                        self.series[s].put_back(bucket);
-                        self.stats.failed_writes += 1;
-                        return Err(e);
-                    }
-                }
+                self.hand_over(s, bucket, background)?;
+            }
+            // Open buckets that are full: their rows go now, and the bucket
+            // fills again under the part numbers that follow.
+            while let Some(i) = self.full(s) {
+                let bucket = self.cut(s, i);
+                self.hand_over(s, bucket, background)?;
             }
         }
         self.failing = false;
         Ok(())
+    }
+
+    /// Writes `bucket` of series `s`, or hands it to the encoding thread;
+    /// a failed write puts it back in the buffers.
+    fn hand_over(&mut self, s: usize, mut bucket: Bucket, background: bool) -> Result<(), ArchiveError> {
+        if background {
+            return self.send(s, bucket);
+        }
+        match self.files.write_bucket(&self.series[s].meta, &mut bucket) {
+            Ok((files, bytes)) => {
+                self.stats.written(bucket.len() as u64, files, bytes);
+                Ok(())
+            }
+            Err(e) => {
+                self.series[s].put_back(bucket);
+                self.stats.failed_writes += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// An open on-time bucket of series `s` holding `max_buffered_rows`.
+    /// (A late bucket is written at this `advance` anyway.)
+    fn full(&self, s: usize) -> Option<usize> {
+        let most = self.files.config.max_buffered_rows;
+        self.series[s].buckets.iter().position(|b| !b.late && b.len() >= most)
+    }
+
+    /// Takes the rows of open bucket `i` of series `s`, named now, and
+    /// leaves in its place an empty bucket whose parts follow theirs. It is
+    /// still the same bucket: when it closes it removes stale parts past its
+    /// own, unless a checkpoint or restore flushed it.
+    fn cut(&mut self, s: usize, i: usize) -> Bucket {
+        let per_file = self.files.config.max_rows_per_file;
+        let buf = &mut self.series[s];
+        buf.last_bucket = usize::MAX;
+        let full = &mut buf.buckets[i];
+        // The number the writer would give it: only on-time buckets are cut,
+        // and theirs start at 0 (a late bucket's depend on what is on disk).
+        let first = *full.first_seq.get_or_insert(0);
+        let mut rest = Bucket::new(full.start_ms, false, full.values.len());
+        rest.first_seq = Some(first + full.len().div_ceil(per_file) as u32);
+        rest.flushed = full.flushed;
+        // It is likely to fill again: no regrowing from empty.
+        rest.reserve(full.len(), !full.partition.is_empty());
+        std::mem::replace(full, rest)
     }
 
     /// Writes every bucket: the end of the input. Rows written afterwards
@@ -1849,6 +1936,157 @@ mod tests {
         assert_eq!(w.stats().files_written, 4);
     }
 
+    /// An archive in `dir` with files of `max_rows` rows, whose buckets are
+    /// written once they hold `max_buffered` rows.
+    fn buffering(dir: &Path, max_rows: usize, max_buffered: usize) -> Archive {
+        Archive::new(ArchiveConfig {
+            max_rows_per_file: max_rows,
+            max_buffered_rows: max_buffered,
+            ..ArchiveConfig::new(dir)
+        })
+        .unwrap()
+    }
+
+    /// The part numbers of worker `worker`'s files of `series`, in order.
+    fn part_numbers(dir: &Path, series: &str) -> Vec<u32> {
+        let mut seqs: Vec<u32> = series_files(dir, series)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.trim_end_matches(".parquet").rsplit('-').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        seqs.sort();
+        seqs
+    }
+
+    #[test]
+    fn a_full_bucket_is_written_before_it_closes_and_every_row_lands_once() {
+        let tmp = TempDir::new("full-bucket");
+        let fields = names(&["v"]);
+        let mut w = buffering(&tmp.0, 4, 10).writer(0);
+        let mut most_buffered = 0;
+        // 53 rows of one hour, two symbols, the watermark moving every 5
+        // rows but staying inside the hour.
+        for i in 0..53i64 {
+            let symbol = if i % 3 == 0 { "B" } else { "A" };
+            w.write("s", &fields, symbol, 1_000 + i, &[i as f64]).unwrap();
+            if i % 5 == 4 {
+                w.advance(i).unwrap();
+            }
+            most_buffered = most_buffered.max(w.stats().buffered_rows);
+        }
+        assert!(most_buffered < 15, "at most 10 rows and one step's more: {most_buffered}");
+        let before_close = series_files(&tmp.0, "s").unwrap();
+        assert!(before_close.len() >= 9, "full buckets went out in the hour: {before_close:?}");
+        for file in &before_close {
+            let rows = read_part(file).unwrap().rows;
+            assert!(rows.len() <= 4, "{} has {} rows", file.display(), rows.len());
+            let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.symbol, r.ts)).collect();
+            assert!(keys.is_sorted(), "a part is in file order: {keys:?}");
+        }
+        w.advance(HOUR).unwrap();
+        assert_eq!(w.stats().buffered_rows, 0);
+        let seqs = part_numbers(&tmp.0, "s");
+        assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "parts numbered without a gap");
+        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
+        values.sort();
+        assert_eq!(values, (0..53).collect::<Vec<_>>(), "every row once");
+        assert_eq!(w.stats().rows_written, 53);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[test]
+    fn a_replay_of_a_bucket_written_in_parts_leaves_each_row_once() {
+        let tmp = TempDir::new("replay-parts");
+        let fields = names(&["v"]);
+        let run = |max_rows, max_buffered, advance_every: i64| {
+            let mut w = buffering(&tmp.0, max_rows, max_buffered).writer(0);
+            for i in 0..20i64 {
+                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
+                if i % advance_every == advance_every - 1 {
+                    w.advance(i).unwrap();
+                }
+            }
+            w.finish().unwrap();
+            let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
+            values.sort();
+            assert_eq!(values, (0..20).collect::<Vec<_>>(), "every row once");
+            part_numbers(&tmp.0, "s")
+        };
+        // One row a file: 20 parts.
+        assert_eq!(run(1, 1_000, 20).len(), 20);
+        // The replay cuts the bucket at every 6 rows: 4 parts, the 16 an
+        // earlier run left above them are gone.
+        assert_eq!(run(1_000, 6, 3), [0, 1, 2, 3]);
+        // And the other way round, cut at other points.
+        assert_eq!(run(1_000, 5, 5), [0, 1, 2, 3]);
+        assert_eq!(run(7, 1_000, 20), [0, 1, 2]);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[test]
+    fn a_restore_after_parts_written_for_room_replays_each_row_once() {
+        let tmp = TempDir::new("restore-parts");
+        let fields = names(&["v"]);
+        let write = |w: &mut ArchiveWriter, rows: std::ops::Range<i64>| {
+            for i in rows {
+                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
+                w.advance(i).unwrap();
+            }
+        };
+        let mut w = buffering(&tmp.0, 3, 3).writer(0);
+        write(&mut w, 0..7); // parts 0 (rows 0-2) and 1 (3-5)
+        let cut = w.checkpoint().unwrap(); // part 2 (row 6)
+        assert_eq!(cut.open, [OpenBucket { series: "s".into(), start_ms: 0, next_seq: 3 }]);
+        write(&mut w, 7..12); // part 3 (7-9) after the cut, then a crash
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3]);
+        drop(w);
+
+        let mut restarted = buffering(&tmp.0, 3, 3).writer(0);
+        restarted.restore(&cut).unwrap();
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2], "the part after the cut is gone");
+        write(&mut restarted, 7..12);
+        restarted.finish().unwrap();
+        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
+        values.sort();
+        assert_eq!(values, (0..12).collect::<Vec<_>>(), "every row once");
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3, 4]);
+        assert_no_temp_files(&tmp.0);
+    }
+
+    #[test]
+    fn failed_writes_of_full_buckets_come_back_without_a_gap_in_the_parts() {
+        let tmp = TempDir::new("full-blocked");
+        let fields = names(&["price", "size"]);
+        let mut w = buffering(&tmp.0, 1_000, 2).writer(0).encode_in_background().unwrap();
+        fs::write(tmp.0.join("series=trades"), b"not a directory").unwrap();
+        let mut failures = 0;
+        for i in 1..=15i64 {
+            w.write_raw("trades", &fields, "AAPL", i, &[i as f64, 1.0], 0, i).unwrap();
+            w.write("bars", &fields, "AAPL", i, &[i as f64, 1.0]).unwrap();
+            // Cuts go to the thread; the first failure comes back with a
+            // later call, with the cuts handed over after it.
+            if i % 2 == 0 && w.advance(i).is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures > 0);
+        fs::remove_file(tmp.0.join("series=trades")).unwrap();
+        w.finish().unwrap();
+        assert_eq!(w.stats().buffered_rows, 0);
+        for series in ["trades", "bars"] {
+            let mut values: Vec<i64> =
+                read_series(&tmp.0, series).unwrap().iter().map(|r| r.values[0] as i64).collect();
+            values.sort();
+            assert_eq!(values, (1..=15).collect::<Vec<_>>(), "{series}: every row once");
+            let seqs = part_numbers(&tmp.0, series);
+            assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "{series}: parts numbered without a gap");
+        }
+        assert_no_temp_files(&tmp.0);
+    }
+
     #[test]
     fn late_rows_land_in_new_files_continuing_the_sequence() {
         let tmp = TempDir::new("late");
@@ -2017,21 +2255,30 @@ mod tests {
 
     #[test]
     fn background_encoding_writes_the_plain_writers_files() {
-        let plain_dir = TempDir::new("plain");
-        let mut plain = archive(&plain_dir.0, 7).writer(0);
-        feed_with_late_rows_and_a_checkpoint(&mut plain);
-        let background_dir = TempDir::new("background");
-        let mut background = archive(&background_dir.0, 7).writer(0).encode_in_background().unwrap();
-        feed_with_late_rows_and_a_checkpoint(&mut background);
+        // Buckets written when they close, and also when they are full.
+        for max_buffered in [1_000, 9] {
+            let plain_dir = TempDir::new("plain");
+            let mut plain = buffering(&plain_dir.0, 7, max_buffered).writer(0);
+            feed_with_late_rows_and_a_checkpoint(&mut plain);
+            let background_dir = TempDir::new("background");
+            let mut background =
+                buffering(&background_dir.0, 7, max_buffered).writer(0).encode_in_background().unwrap();
+            feed_with_late_rows_and_a_checkpoint(&mut background);
 
-        let (a, b) = (contents(&plain_dir.0), contents(&background_dir.0));
-        assert!(a.len() > 20, "many buckets, late parts and checkpoint parts: {:?}", a.keys());
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-        for (path, bytes) in &a {
-            assert!(b[path] == *bytes, "{path} differs");
+            let (a, b) = (contents(&plain_dir.0), contents(&background_dir.0));
+            assert!(a.len() > 20, "many buckets, late parts and checkpoint parts: {:?}", a.keys());
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+            for (path, bytes) in &a {
+                assert!(b[path] == *bytes, "{path} differs");
+            }
+            assert_eq!(plain.stats(), background.stats());
+            assert_eq!(background.stats().buffered_rows, 0);
+            let raw = read_series(&background_dir.0, "trades").unwrap();
+            let mut seen: Vec<(i32, i64)> = raw.iter().map(|r| (r.partition.unwrap(), r.offset.unwrap())).collect();
+            seen.sort();
+            seen.dedup();
+            assert_eq!((raw.len(), seen.len()), (160, 160), "every raw row once");
         }
-        assert_eq!(plain.stats(), background.stats());
-        assert_eq!(background.stats().buffered_rows, 0);
     }
 
     #[test]
@@ -2109,9 +2356,12 @@ mod tests {
     #[test]
     fn config_has_defaults_refuses_unknown_options_and_checks_ranges() {
         let config: ArchiveConfig = serde_json::from_str(r#"{"dir": "/tmp/a"}"#).unwrap();
-        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, zstd_level, fsync } = config;
+        let ArchiveConfig { dir, roll_interval_ms, max_rows_per_file, max_buffered_rows, zstd_level, fsync } = config;
         assert_eq!(dir, Path::new("/tmp/a"));
-        assert_eq!((roll_interval_ms, max_rows_per_file, zstd_level, fsync), (3_600_000, 1_000_000, 3, true));
+        assert_eq!(
+            (roll_interval_ms, max_rows_per_file, max_buffered_rows, zstd_level, fsync),
+            (3_600_000, 1_000_000, 1_000_000, 3, true)
+        );
         let unknown = serde_json::from_str::<ArchiveConfig>(r#"{"dir": "a", "roll_ms": 5}"#).unwrap_err();
         assert!(unknown.to_string().contains("unknown field `roll_ms`"), "{unknown}");
 
@@ -2120,6 +2370,7 @@ mod tests {
         let base = ArchiveConfig::new(&tmp.0);
         assert!(check(ArchiveConfig { roll_interval_ms: 0, ..base.clone() }).contains("roll_interval_ms = 0"));
         assert!(check(ArchiveConfig { max_rows_per_file: 0, ..base.clone() }).contains("max_rows_per_file = 0"));
+        assert!(check(ArchiveConfig { max_buffered_rows: 0, ..base.clone() }).contains("max_buffered_rows = 0"));
         assert!(check(ArchiveConfig { zstd_level: 23, ..base.clone() }).contains("zstd levels run from 1 to 22"));
         assert!(!tmp.0.exists(), "nothing created for a bad config");
 

@@ -74,6 +74,8 @@ tags = {{ host = "e2e" }}
 dir = "archive"
 roll_interval_ms = 600000
 max_rows_per_file = 1500
+# Small: buckets are also written before they close (when full).
+max_buffered_rows = 60
 "#,
         brokers = broker.bootstrap(),
         plugins = crate::support::bars_rsi_vwap_toml(),
@@ -129,6 +131,13 @@ max_rows_per_file = 1500
         std::fs::read_dir(archive.join("series=trades")).unwrap().count() >= 1
             && walk(&archive).iter().all(|p| p.extension().is_some_and(|e| e == "parquet")),
         "only finished .parquet files under the archive"
+    );
+    // Buckets were also written before they closed, when full: a second
+    // part where one file (1500 rows) would hold the whole bucket.
+    let parts = walk(&archive.join("series=trades"));
+    assert!(
+        parts.iter().any(|p| p.to_string_lossy().ends_with("-0001.parquet")),
+        "no bucket of trades was written in parts: {parts:?}"
     );
 
     let dead = scenario.dead();

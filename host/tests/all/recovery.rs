@@ -52,6 +52,8 @@ flush_interval_ms = 50
 dir = "archive"
 roll_interval_ms = 600000
 max_rows_per_file = 1500
+# Small: buckets are also written when full, between checkpoints and kills.
+max_buffered_rows = 100
 
 [checkpoint]
 dir = "checkpoints"
