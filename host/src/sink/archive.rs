@@ -369,7 +369,7 @@ impl Archive {
 }
 
 /// One worker's writer: buffers rows per series and bucket, writes a bucket
-/// when the watermark passes it.
+/// when the watermark passes it (or, in parts, when it is full).
 pub struct ArchiveWriter {
     files: Files,
     compression: Compression,
@@ -678,8 +678,10 @@ impl ArchiveWriter {
     }
 
     /// Tells the writer no row below `watermark` will come (except late
-    /// ones), writing every bucket that ends at or below it, and every late
-    /// bucket. A lower watermark than one seen before changes nothing.
+    /// ones), writing every bucket that ends at or below it, every late
+    /// bucket, and the rows so far of every bucket holding
+    /// `max_buffered_rows`. A lower watermark than one seen before closes
+    /// nothing.
     ///
     /// On error the unwritten buckets stay buffered; calling again retries
     /// them under the same file names.
