@@ -2,8 +2,8 @@
 //!
 //! Two tiers, kept apart: a plugin that *returns* an error (bad parameters,
 //! a state it cannot read) is [`Error::Rejected`] and keeps running; a plugin
-//! that traps, overruns its deadline or its memory is [`Error::Stopped`] and
-//! takes no more calls. Every message names the plugin and says what to do.
+//! that traps, overruns its deadline or its memory, or returns outputs that
+//! break the contract, is [`Error::Stopped`] and takes no more calls. Every message names the plugin and says what to do.
 
 use super::GuestError;
 
@@ -72,6 +72,9 @@ pub enum StopReason {
     Deadline { timeout_ms: u64 },
     /// It tried to grow its memory past the limit.
     Memory { limit_bytes: usize },
+    /// It returned outputs the contract does not allow (an undeclared
+    /// series, columns of different lengths, a key it was never given).
+    BadOutput(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -86,6 +89,10 @@ impl std::fmt::Display for StopReason {
                 f,
                 "it used more than its {} MiB of memory (the limit is `memory_bytes` in [plugins.limits])",
                 limit_bytes >> 20
+            ),
+            StopReason::BadOutput(what) => write!(
+                f,
+                "it returned {what}, which the plugin contract (wit/plugin.wit) does not allow: a bug in the plugin"
             ),
         }
     }

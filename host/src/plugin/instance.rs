@@ -90,8 +90,10 @@ impl PluginInstance {
         for batch in batches {
             self.name_keys(&batch.keys, keys)?;
         }
-        self.call("process", |p, s, o| p.tickfold_plugin_stream_function().operator().call_process(s, o, batches))?
-            .map_err(|error| Error::Rejected { plugin: self.label.clone(), call: "process", error })
+        let out = self
+            .call("process", |p, s, o| p.tickfold_plugin_stream_function().operator().call_process(s, o, batches))?
+            .map_err(|error| Error::Rejected { plugin: self.label.clone(), call: "process", error })?;
+        self.checked("process", out)
     }
 
     /// Sends the names of those of `ids` the instance has not been told.
@@ -115,8 +117,23 @@ impl PluginInstance {
 
     /// Advances the watermark; returns the windows it closes.
     pub fn on_watermark(&mut self, ts: i64) -> Result<Vec<Batch>, Error> {
-        self.call("on-watermark", |p, s, o| p.tickfold_plugin_stream_function().operator().call_on_watermark(s, o, ts))?
-            .map_err(|error| Error::Rejected { plugin: self.label.clone(), call: "on-watermark", error })
+        let out = self
+            .call("on-watermark", |p, s, o| p.tickfold_plugin_stream_function().operator().call_on_watermark(s, o, ts))?
+            .map_err(|error| Error::Rejected { plugin: self.label.clone(), call: "on-watermark", error })?;
+        self.checked("on-watermark", out)
+    }
+
+    /// `out`, if it keeps the contract; else the instance is stopped, as
+    /// for a trap: the host would index past its tables with such a batch
+    /// (or file samples under another key), and what the instance holds
+    /// can no longer be trusted.
+    fn checked(&mut self, call: &'static str, out: Vec<Batch>) -> Result<Vec<Batch>, Error> {
+        let Some(what) = broken_contract(&self.outputs, &self.named, &out) else {
+            return Ok(out);
+        };
+        let reason = StopReason::BadOutput(what);
+        self.stopped = Some(reason.to_string());
+        Err(Error::Stopped { plugin: self.label.clone(), call, reason, detail: String::new() })
     }
 
     /// Saves the instance's state.
@@ -142,6 +159,48 @@ impl PluginInstance {
             error
         })
     }
+}
+
+/// What is wrong with `batches` as the outputs of an instance that declares
+/// `outputs` and was given the keys `named` (by id), if anything: each
+/// batch must be of a declared series, with that series' number of field
+/// columns, every column one value per row, and only keys the instance
+/// was given.
+fn broken_contract(outputs: &[SeriesDecl], named: &[bool], batches: &[Batch]) -> Option<String> {
+    for b in batches {
+        let Some(decl) = outputs.get(b.series as usize) else {
+            return Some(format!(
+                "a batch for output series {} (it declares {} output series, numbered from 0)",
+                b.series,
+                outputs.len()
+            ));
+        };
+        if b.fields.len() != decl.fields.len() {
+            return Some(format!(
+                "a batch of `{}` with {} field columns (the series declares {}: {})",
+                decl.name,
+                b.fields.len(),
+                decl.fields.len(),
+                decl.fields.join(", ")
+            ));
+        }
+        let rows = b.keys.len();
+        if b.ts.len() != rows || b.fields.iter().any(|c| c.len() != rows) {
+            return Some(format!(
+                "a batch of `{}` whose columns differ in length ({rows} keys, {} times, fields of {:?} values)",
+                decl.name,
+                b.ts.len(),
+                b.fields.iter().map(Vec::len).collect::<Vec<_>>()
+            ));
+        }
+        if let Some(&id) = b.keys.iter().find(|&&id| !named.get(id as usize).copied().unwrap_or(false)) {
+            return Some(format!(
+                "a sample of `{}` for key id {id}, which the host never gave it (outputs may only use keys named in `add-keys`)",
+                decl.name
+            ));
+        }
+    }
+    None
 }
 
 /// Turns a failed call into a report: why it stopped, the guest's
@@ -175,4 +234,44 @@ pub(super) fn classify(
     let detail = detail.trim_end().to_string();
     tracing::error!(plugin, call, %reason, "{detail}");
     Error::Stopped { plugin: plugin.to_string(), call, reason, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decl(name: &str, fields: &[&str]) -> SeriesDecl {
+        SeriesDecl { name: name.into(), fields: fields.iter().map(|f| f.to_string()).collect(), doc: String::new() }
+    }
+
+    fn batch(series: u32, keys: &[u32], ts: usize, fields: &[usize]) -> Batch {
+        Batch { series, keys: keys.to_vec(), ts: vec![0; ts], fields: fields.iter().map(|&n| vec![1.0; n]).collect() }
+    }
+
+    #[test]
+    fn outputs_are_held_to_the_contract() {
+        let outputs = [decl("bars", &["open", "close"]), decl("vwap", &["vwap"])];
+        // Keys 0 and 2 were given; 1 was not (another stage's), 3 is past the table.
+        let named = [true, false, true];
+        let check = |batches: &[Batch]| broken_contract(&outputs, &named, batches);
+
+        assert_eq!(check(&[]), None);
+        assert_eq!(check(&[batch(0, &[0, 2], 2, &[2, 2]), batch(1, &[2], 1, &[1])]), None);
+        assert_eq!(check(&[batch(1, &[], 0, &[0])]), None, "an empty batch is fine");
+
+        let wrong = [
+            (batch(2, &[0], 1, &[1]), "output series 2 (it declares 2 output series"),
+            (batch(0, &[0], 1, &[1]), "`bars` with 1 field columns (the series declares 2: open, close)"),
+            (batch(0, &[0], 1, &[1, 1, 1]), "with 3 field columns"),
+            (batch(0, &[0, 2], 1, &[2, 2]), "columns differ in length (2 keys, 1 times"),
+            (batch(0, &[0, 2], 2, &[2, 1]), "fields of [2, 1] values"),
+            (batch(1, &[0, 1], 2, &[2]), "key id 1, which the host never gave it"),
+            (batch(1, &[3], 1, &[1]), "key id 3"),
+        ];
+        for (b, says) in wrong {
+            // Also after a good batch: every batch is checked.
+            let what = check(&[batch(1, &[0], 1, &[1]), b]).expect("broken");
+            assert!(what.contains(says), "{what} / {says}");
+        }
+    }
 }

@@ -187,6 +187,27 @@ fn a_trapping_plugin_is_stopped_with_its_panic_message_and_others_run_on() {
 }
 
 #[test]
+fn a_plugin_that_emits_a_key_it_was_never_given_is_stopped_not_followed() {
+    // The host would look the id up in its key table: past its end, or
+    // under another stage's key. The instance is stopped as for a trap.
+    let plugin = fixture();
+    let mut keys = KeyTable::default();
+    let mut bad = open(&plugin, "stray-key");
+    let err = bad.process(&[batch(&mut keys, &["AAPL"], 1)], &keys).expect_err("stopped");
+    match &err {
+        Error::Stopped { reason: StopReason::BadOutput(what), call, .. } => {
+            assert_eq!(*call, "process");
+            assert!(what.contains("key id 1000000") && what.contains("add-keys"), "{what}");
+        }
+        other => panic!("expected a stop for a bad output, got {other}"),
+    }
+    assert!(err.to_string().contains("a bug in the plugin"), "{err}");
+    assert!(bad.is_stopped());
+    assert!(matches!(bad.on_watermark(10).expect_err("stays stopped"), Error::AlreadyStopped { .. }));
+    assert_eq!(open(&plugin, "echo").process(&[batch(&mut keys, &["AAPL"], 1)], &keys).unwrap()[0].len(), 1);
+}
+
+#[test]
 fn an_endless_loop_is_interrupted_at_the_deadline() {
     let rt = runtime_with(|l| l.call_timeout_ms = 100);
     let plugin = rt.load_file(&plugin_wasm("tickfold-test-fixtures")).unwrap();

@@ -4,7 +4,9 @@
 //! each sample), `trap` (panic, which is a WebAssembly trap), `loop` (never
 //! return), `grow` (allocate without bound), `error` (return an error
 //! value), `log` (log one line per sample), `sink` (consume and emit
-//! nothing: what the crossing alone costs), or `probe` (try to reach
+//! nothing: what the crossing alone costs), `stray-key` (emit each sample
+//! under a key id the host never gave it, which breaks the contract), or
+//! `probe` (try to reach
 //! outside the sandbox and report, per sample, on output `probe`, what it
 //! found: 1.0 where a directory listing, an environment variable or a TCP
 //! connection worked, and the wall clock in ms).
@@ -26,6 +28,7 @@ enum Mode {
     Log,
     Probe,
     Sink,
+    StrayKey,
 }
 
 impl StreamFunction for Misbehave {
@@ -34,7 +37,7 @@ impl StreamFunction for Misbehave {
     fn info() -> Info {
         Info::new("misbehave", env!("CARGO_PKG_VERSION"))
             .doc("Misbehaves on request, to test the host's sandbox.")
-            .param("mode", Some("echo"), "echo, trap, loop, grow, error, log, probe or sink")
+            .param("mode", Some("echo"), "echo, trap, loop, grow, error, log, probe, sink or stray-key")
     }
 
     fn open(params: &Params, io: &mut Io) -> Result<Self, PluginError> {
@@ -47,7 +50,14 @@ impl StreamFunction for Misbehave {
             "log" => Mode::Log,
             "probe" => Mode::Probe,
             "sink" => Mode::Sink,
-            other => return Err(params.bad("mode", other, "one of echo, trap, loop, grow, error, log, probe, sink")),
+            "stray-key" => Mode::StrayKey,
+            other => {
+                return Err(params.bad(
+                    "mode",
+                    other,
+                    "one of echo, trap, loop, grow, error, log, probe, sink, stray-key",
+                ));
+            }
         };
         io.input("input", &["value"], "any series");
         io.output("echo", &["value", "count"], "the input, with a running count per key");
@@ -90,6 +100,12 @@ impl StreamFunction for Misbehave {
                 return Ok(());
             }
             Mode::Sink => return Ok(()),
+            Mode::StrayKey => {
+                for row in input.rows() {
+                    out.emit(0, row.key + 1_000_000, row.ts, &[row.field(0), 0.0]);
+                }
+                return Ok(());
+            }
             Mode::Echo | Mode::Log => {}
         }
         for row in input.rows() {
