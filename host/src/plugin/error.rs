@@ -92,7 +92,7 @@ impl std::fmt::Display for StopReason {
             ),
             StopReason::BadOutput(what) => write!(
                 f,
-                "it returned {what}, which the plugin contract (wit/plugin.wit) does not allow: a bug in the plugin"
+                "it broke the plugin contract (wit/plugin.wit), a bug in the plugin: it returned {what}"
             ),
         }
     }
