@@ -602,6 +602,11 @@ impl SinkWriter for ArchiveWorker {
         self.retrying(ArchiveWriter::finish)
     }
 
+    fn batch_done(&mut self) -> Result<(), SinkError> {
+        // Full buckets go at once, not at the next move of the watermark.
+        self.retrying(ArchiveWriter::write_due)
+    }
+
     fn checkpoint(&mut self, cut: &mut crate::sink::SinkCut) -> Result<(), SinkError> {
         // Buckets written by a failed try are empty on the next, which
         // then reports their parts as they stand.

@@ -934,7 +934,7 @@ fn process<'scope>(
             let stopping = shared.interrupted.load(Ordering::Relaxed);
             let gate = |pending: &[(i64, u64)]| pending.first().map_or(changes_done, |p| p.0.min(changes_done));
             let step = (|| -> Result<(), DataflowError> {
-                let before = fanout.written;
+                let (before, inputs_before) = (fanout.written, fanout.inputs_written);
                 // Rows before the gate are fed as they arrive, not when the
                 // frontier passes their time: a row sent at time t has an
                 // event time of at least t, and the chain's watermark is a
@@ -1021,6 +1021,8 @@ fn process<'scope>(
                 }
                 if fanout.written > before {
                     shared.counters.samples_out.fetch_add(fanout.written - before, Ordering::Relaxed);
+                }
+                if fanout.written > before || fanout.inputs_written > inputs_before {
                     fanout.batch_done()?;
                 }
                 // Our part of a checkpoint, once every source has paused

@@ -90,10 +90,9 @@ impl std::fmt::Display for StopReason {
                 "it used more than its {} MiB of memory (the limit is `memory_bytes` in [plugins.limits])",
                 limit_bytes >> 20
             ),
-            StopReason::BadOutput(what) => write!(
-                f,
-                "it broke the plugin contract (wit/plugin.wit), a bug in the plugin: it returned {what}"
-            ),
+            StopReason::BadOutput(what) => {
+                write!(f, "it broke the plugin contract (wit/plugin.wit), a bug in the plugin: it returned {what}")
+            }
         }
     }
 }

@@ -53,9 +53,11 @@
 //! Names include the worker, so this holds while the key-to-worker mapping
 //! (worker count) stays the same. A bucket written in parts when full (or at
 //! checkpoints) is cut where the run's timing put the cut, so its parts'
-//! rows can differ between runs; the first part a run writes of a bucket
-//! still removes the higher-numbered parts an earlier run left, so each row
-//! is there once after a replay, byte-identical or not.
+//! rows can differ between runs; its close still removes the
+//! higher-numbered parts an earlier run left, so each row is there once
+//! after a replay, byte-identical or not. (A replay killed before the
+//! bucket closes leaves the earlier run's higher parts beside its own:
+//! rows at least once, none lost.)
 //!
 //! **Late rows.** A row whose bucket the watermark has already passed (a
 //! plugin that emits windows late, or a lateness policy that lets it
@@ -436,6 +438,9 @@ impl SeriesBuf {
     /// once and no file is numbered twice.
     fn put_back(&mut self, mut bucket: Bucket) {
         self.last_bucket = usize::MAX;
+        // Back in the buffers it is the open bucket again, whose close
+        // removes the stale parts.
+        bucket.partial = false;
         if let Some(i) = self.buckets.iter().position(|b| b.start_ms == bucket.start_ms) {
             let other = self.buckets.swap_remove(i);
             let keep_other = match (other.first_seq, bucket.first_seq) {
@@ -467,6 +472,9 @@ struct Bucket {
     /// Some of its rows were written at a checkpoint: `first_seq` continues
     /// after those parts, which are not stale.
     flushed: bool,
+    /// The rows of a bucket still open, cut off because it was full: its
+    /// write leaves stale parts alone (the bucket's close removes them).
+    partial: bool,
     /// Symbols interned for this bucket only, so the table dies with it.
     names: Vec<Box<str>>,
     ids: HashMap<Box<str>, u32>,
@@ -487,6 +495,7 @@ impl Bucket {
             late,
             first_seq: None,
             flushed: false,
+            partial: false,
             names: Vec::new(),
             ids: HashMap::default(),
             last_symbol: 0,
@@ -709,6 +718,13 @@ impl ArchiveWriter {
         Ok(())
     }
 
+    /// Writes what is due without moving the watermark: late buckets and
+    /// full ones. For callers that write often while the watermark stands
+    /// (a partition that holds it back), so full buckets do not wait.
+    pub fn write_due(&mut self) -> Result<(), ArchiveError> {
+        self.advance(i64::MIN)
+    }
+
     /// Writes `bucket` of series `s`, or hands it to the encoding thread;
     /// a failed write puts it back in the buffers.
     fn hand_over(&mut self, s: usize, mut bucket: Bucket, background: bool) -> Result<(), ArchiveError> {
@@ -738,7 +754,10 @@ impl ArchiveWriter {
     /// Takes the rows of open bucket `i` of series `s`, named now, and
     /// leaves in its place an empty bucket whose parts follow theirs. It is
     /// still the same bucket: when it closes it removes stale parts past its
-    /// own, unless a checkpoint or restore flushed it.
+    /// own, unless a checkpoint or restore flushed it. The cut parts remove
+    /// none: a replay killed before the bucket closes leaves the earlier
+    /// run's parts above its own, so rows are there at least once, never
+    /// lost (once again when a replay completes).
     fn cut(&mut self, s: usize, i: usize) -> Bucket {
         let per_file = self.files.config.max_rows_per_file;
         let buf = &mut self.series[s];
@@ -752,7 +771,9 @@ impl ArchiveWriter {
         rest.flushed = full.flushed;
         // It is likely to fill again: no regrowing from empty.
         rest.reserve(full.len(), !full.partition.is_empty());
-        std::mem::replace(full, rest)
+        let mut taken = std::mem::replace(full, rest);
+        taken.partial = true;
+        taken
     }
 
     /// Writes every bucket: the end of the input. Rows written afterwards
@@ -1194,7 +1215,7 @@ impl Files {
             bytes += written;
             files += 1;
         }
-        if !bucket.late && !bucket.flushed {
+        if !bucket.late && !bucket.flushed && !bucket.partial {
             // Parts past the last one just written are from an earlier run
             // that saw this bucket differently; this run's files replace them.
             let mut removed = false;
@@ -1949,7 +1970,8 @@ mod tests {
         .unwrap()
     }
 
-    /// The part numbers of worker `worker`'s files of `series`, in order.
+    /// The part numbers of the files of `series` (every bucket's, pooled),
+    /// in order.
     fn part_numbers(dir: &Path, series: &str) -> Vec<u32> {
         let mut seqs: Vec<u32> = series_files(dir, series)
             .unwrap()
@@ -2224,7 +2246,9 @@ mod tests {
 
     /// Feeds `w` the generated rows, symbols interleaved, with watermark
     /// advances, late rows and a checkpoint on the way, and finishes it.
-    fn feed_with_late_rows_and_a_checkpoint(w: &mut ArchiveWriter) {
+    /// Feeds seeded rows of `out` and `trades`, late rows of `out`, and a
+    /// checkpoint; returns how many rows of `out` it wrote.
+    fn feed_with_late_rows_and_a_checkpoint(w: &mut ArchiveWriter) -> usize {
         let per_symbol = generated();
         let fields = names(&["a", "b"]);
         let mut next = vec![0usize; per_symbol.len()];
@@ -2253,15 +2277,17 @@ mod tests {
             }
         }
         w.finish().unwrap();
+        fed + fed / 20
     }
 
     #[test]
     fn background_encoding_writes_the_plain_writers_files() {
         // Buckets written when they close, and also when they are full.
+        let mut files = Vec::new();
         for max_buffered in [1_000, 9] {
             let plain_dir = TempDir::new("plain");
             let mut plain = buffering(&plain_dir.0, 7, max_buffered).writer(0);
-            feed_with_late_rows_and_a_checkpoint(&mut plain);
+            let out_rows = feed_with_late_rows_and_a_checkpoint(&mut plain);
             let background_dir = TempDir::new("background");
             let mut background =
                 buffering(&background_dir.0, 7, max_buffered).writer(0).encode_in_background().unwrap();
@@ -2280,7 +2306,118 @@ mod tests {
             seen.sort();
             seen.dedup();
             assert_eq!((raw.len(), seen.len()), (160, 160), "every raw row once");
+            assert_eq!(read_series(&background_dir.0, "out").unwrap().len(), out_rows, "every output row once");
+            files.push(a.len());
         }
+        assert!(files[1] > files[0], "full buckets were cut into more parts: {files:?}");
+    }
+
+    #[test]
+    fn cut_parts_put_back_out_of_order_keep_the_first_number() {
+        // As after a failed background write: the failed cut (parts from 4)
+        // and an untried later one (from 6) come back, in that order, while
+        // the bucket fills again from 8.
+        let tmp = TempDir::new("put-back");
+        let fields = names(&["v"]);
+        let mut w = buffering(&tmp.0, 2, 1_000).writer(0);
+        w.write("s", &fields, "X", 1, &[1.0]).unwrap();
+        w.series[0].buckets[0].first_seq = Some(8);
+        let cut = |first: u32, rows: &[i64]| {
+            let mut b = Bucket::new(0, false, 1);
+            b.first_seq = Some(first);
+            b.partial = true;
+            for &ts in rows {
+                b.push("X", ts, &[ts as f64], None);
+            }
+            b
+        };
+        w.stats.buffered_rows += 5;
+        w.series[0].put_back(cut(4, &[10, 11, 12]));
+        w.series[0].put_back(cut(6, &[20, 21]));
+        let buckets = &w.series[0].buckets;
+        assert_eq!(buckets.len(), 1);
+        assert_eq!((buckets[0].first_seq, buckets[0].partial), (Some(4), false));
+        w.finish().unwrap();
+        assert_eq!(part_numbers(&tmp.0, "s"), [4, 5, 6], "from the first number, without a gap");
+        let mut ts: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.ts).collect();
+        ts.sort();
+        assert_eq!(ts, [1, 10, 11, 12, 20, 21]);
+    }
+
+    #[test]
+    fn a_replay_killed_before_a_cut_bucket_closes_loses_no_row() {
+        let tmp = TempDir::new("replay-killed");
+        let fields = names(&["v"]);
+        let write = |w: &mut ArchiveWriter, rows: std::ops::Range<i64>| {
+            for i in rows {
+                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
+                w.advance(i).unwrap();
+            }
+        };
+        let values = || {
+            let mut v: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
+            v.sort();
+            v
+        };
+        // A complete run, one row a file: parts 0 to 19.
+        let mut first = buffering(&tmp.0, 1, 1_000).writer(0);
+        write(&mut first, 0..20);
+        first.finish().unwrap();
+        // A replay cut at every 6 rows, killed after 12: its parts 0 and 1
+        // replace the first run's, whose parts 2 to 19 stay meanwhile.
+        let mut replay = buffering(&tmp.0, 1_000, 6).writer(0);
+        write(&mut replay, 0..12);
+        drop(replay);
+        let mut once: Vec<i64> = values();
+        once.dedup();
+        assert_eq!(once, (0..20).collect::<Vec<_>>(), "every row at least once");
+        // The replay run again to its end: each row once.
+        let mut replay = buffering(&tmp.0, 1_000, 6).writer(0);
+        write(&mut replay, 0..20);
+        replay.finish().unwrap();
+        assert_eq!(values(), (0..20).collect::<Vec<_>>());
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_failed_cut_on_the_workers_thread_is_retried_under_its_numbers() {
+        let tmp = TempDir::new("cut-failed");
+        let fields = names(&["v"]);
+        let mut w = buffering(&tmp.0, 1_000, 3).writer(0);
+        fs::write(tmp.0.join("series=s"), b"not a directory").unwrap();
+        for i in 0..7i64 {
+            w.write("s", &fields, "X", i, &[i as f64]).unwrap();
+            if i % 3 == 2 {
+                let err = w.advance(i).unwrap_err();
+                assert!(err.is_retryable(), "{err}");
+            }
+        }
+        assert_eq!(w.stats().buffered_rows, 7, "the rows stay buffered");
+        fs::remove_file(tmp.0.join("series=s")).unwrap();
+        w.advance(7).unwrap();
+        w.write("s", &fields, "X", 7, &[7.0]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1]);
+        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
+        values.sort();
+        assert_eq!(values, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn full_buckets_are_written_without_the_watermark_moving() {
+        let tmp = TempDir::new("write-due");
+        let fields = names(&["v"]);
+        let mut w = buffering(&tmp.0, 1_000, 3).writer(0).encode_in_background().unwrap();
+        for i in 0..5i64 {
+            w.write("s", &fields, "X", 100 + i, &[i as f64]).unwrap();
+        }
+        w.write_due().unwrap();
+        w.write("s", &fields, "X", 200, &[5.0]).unwrap();
+        w.write_due().unwrap();
+        w.checkpoint().unwrap(); // waits for the thread, writes the open rows
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1]);
+        assert_eq!(read_part(&series_files(&tmp.0, "s").unwrap()[0]).unwrap().rows.len(), 5);
+        assert_eq!(w.stats().buffered_rows, 0);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Fanout {
     skip: Vec<Vec<String>>,
     /// Output samples written (to every sink).
     pub written: u64,
+    /// Input rows handed to the sinks that keep raw data.
+    pub inputs_written: u64,
     /// Time spent in the sinks since the owner last took it, in ns.
     pub busy_ns: u64,
     /// Also time per-sample writes (else only the batch-level calls): one
@@ -118,6 +120,7 @@ impl Fanout {
     /// Hands an input row to the sinks that keep raw data.
     pub fn write_input(&mut self, series: &str, fields: &[String], row: &Row) -> Result<(), SinkError> {
         let started = self.sample_clock();
+        self.inputs_written += 1;
         for (sink, skip) in self.sinks.iter_mut().zip(&self.skip) {
             if !skip.iter().any(|s| s == series) {
                 sink.write_input(series, fields, row)?;
