@@ -774,10 +774,15 @@ impl DeadLetters {
         // Security settings (sasl.*, ssl.*, security.protocol) apply to the
         // producer too; fetch settings do not.
         let mut config = client_config(brokers, options);
-        // A letter librdkafka could not deliver within 5 s (its own retries
+        // A letter librdkafka could not deliver within 30 s (its own retries
         // included) comes back to us and is sent again: a failure shows in
-        // the log within seconds instead of librdkafka's 5 minutes.
-        config.set("linger.ms", "5").set("acks", "all").set("message.timeout.ms", "5000");
+        // the log within half a minute instead of librdkafka's 5 minutes.
+        // Not much less: a broker that answers produce requests slowly (tansu
+        // on SQLite behind large fetches, seconds per request under load)
+        // still takes the letters in time, where a timeout of 5 s had every
+        // letter time out and be sent again in waves, each adding to the
+        // broker's queue, for as long as the input lasted.
+        config.set("linger.ms", "5").set("acks", "all").set("message.timeout.ms", "30000");
         let producer = config.create_with_context(DeadLetterDeliveries::default()).map_err(|source| {
             KafkaSourceError::Client { brokers: brokers.into(), what: "creating the dead-letter producer", source }
         })?;

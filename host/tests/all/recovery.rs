@@ -297,7 +297,7 @@ pub(crate) fn assert_same_outputs(influx: &Influxd, clean: &Path, faulty: &Path,
 #[test]
 fn no_checkpoint_is_written_while_dead_letters_before_it_are_not_on_the_broker() {
     // The dead-letter topic does not exist at first, so the dead letters
-    // stay unsent (librdkafka hands them back after 5 s, and they are kept
+    // stay unsent (librdkafka hands them back after 30 s, and they are kept
     // and sent again). The host runs on, without `stop_when_idle_ms`, until
     // told to stop.
     let (broker, scenario) = seeded_broker_in_batches_of(2028, 20_000, 500);
@@ -312,7 +312,7 @@ fn no_checkpoint_is_written_while_dead_letters_before_it_are_not_on_the_broker()
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     let written = || read().lines().filter(|l| l.contains(" written to ")).count();
     let mut child = start(&path, &log);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !read().contains("a dead letter was not delivered") {
         assert!(child.try_wait().unwrap().is_none(), "the host ended early:\n{}", read());
         assert!(Instant::now() < deadline, "the dead letters never failed:\n{}", read());
