@@ -22,7 +22,8 @@
 //! end. `date` is the UTC date of the bucket's start.
 //!
 //! **Full buckets.** A bucket that holds `max_buffered_rows` when the
-//! watermark moves is written then, as parts that continue its sequence
+//! watermark moves, or when the worker ends a step
+//! ([`ArchiveWriter::write_due`]), is written then, as parts that continue its sequence
 //! (as a checkpoint writes open buckets), and fills again under the
 //! numbers that follow. Memory stays bounded where an hour of event time
 //! comes in seconds (a backfill from a file, which takes no checkpoints),
@@ -141,9 +142,9 @@ pub struct ArchiveConfig {
     #[serde(default = "default_max_rows_per_file")]
     pub max_rows_per_file: usize,
     /// Most rows one bucket of one writer holds in memory (default
-    /// 1,000,000): a bucket that has this many when the watermark moves is
-    /// written out then as parts that continue its sequence, as at a
-    /// checkpoint, and fills again. Without it a backfill, where an hour of
+    /// 1,000,000): a bucket that has this many when the watermark moves or
+    /// the worker ends a step is written out then as parts that continue its
+    /// sequence, as at a checkpoint, and fills again. Without it a backfill, where an hour of
     /// event time passes in seconds and no checkpoint is taken, held every
     /// row of the hour in memory and encoded them all at its end.
     #[serde(default = "default_max_buffered_rows")]
