@@ -1986,6 +1986,22 @@ mod tests {
         seqs
     }
 
+    /// Writes row `i` of series `s` (symbol X, time `i`, value `i`) for
+    /// each `i` of `rows`, moving the watermark to `i` after each.
+    fn write_each(w: &mut ArchiveWriter, rows: std::ops::Range<i64>) {
+        for i in rows {
+            w.write("s", &names(&["v"]), "X", i, &[i as f64]).unwrap();
+            w.advance(i).unwrap();
+        }
+    }
+
+    /// The values of series `series` as integers, in order.
+    fn sorted_values(dir: &Path, series: &str) -> Vec<i64> {
+        let mut values: Vec<i64> = read_series(dir, series).unwrap().iter().map(|r| r.values[0] as i64).collect();
+        values.sort();
+        values
+    }
+
     #[test]
     fn a_full_bucket_is_written_before_it_closes_and_every_row_lands_once() {
         let tmp = TempDir::new("full-bucket");
@@ -2015,9 +2031,7 @@ mod tests {
         assert_eq!(w.stats().buffered_rows, 0);
         let seqs = part_numbers(&tmp.0, "s");
         assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "parts numbered without a gap");
-        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
-        values.sort();
-        assert_eq!(values, (0..53).collect::<Vec<_>>(), "every row once");
+        assert_eq!(sorted_values(&tmp.0, "s"), (0..53).collect::<Vec<_>>(), "every row once");
         assert_eq!(w.stats().rows_written, 53);
         assert_no_temp_files(&tmp.0);
     }
@@ -2054,29 +2068,20 @@ mod tests {
     #[test]
     fn a_restore_after_parts_written_for_room_replays_each_row_once() {
         let tmp = TempDir::new("restore-parts");
-        let fields = names(&["v"]);
-        let write = |w: &mut ArchiveWriter, rows: std::ops::Range<i64>| {
-            for i in rows {
-                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
-                w.advance(i).unwrap();
-            }
-        };
         let mut w = buffering(&tmp.0, 3, 3).writer(0);
-        write(&mut w, 0..7); // parts 0 (rows 0-2) and 1 (3-5)
+        write_each(&mut w, 0..7); // parts 0 (rows 0-2) and 1 (3-5)
         let cut = w.checkpoint().unwrap(); // part 2 (row 6)
         assert_eq!(cut.open, [OpenBucket { series: "s".into(), start_ms: 0, next_seq: 3 }]);
-        write(&mut w, 7..12); // part 3 (7-9) after the cut, then a crash
+        write_each(&mut w, 7..12); // part 3 (7-9) after the cut, then a crash
         assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3]);
         drop(w);
 
         let mut restarted = buffering(&tmp.0, 3, 3).writer(0);
         restarted.restore(&cut).unwrap();
         assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2], "the part after the cut is gone");
-        write(&mut restarted, 7..12);
+        write_each(&mut restarted, 7..12);
         restarted.finish().unwrap();
-        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
-        values.sort();
-        assert_eq!(values, (0..12).collect::<Vec<_>>(), "every row once");
+        assert_eq!(sorted_values(&tmp.0, "s"), (0..12).collect::<Vec<_>>(), "every row once");
         assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3, 4]);
         assert_no_temp_files(&tmp.0);
     }
@@ -2348,33 +2353,22 @@ mod tests {
     #[test]
     fn a_replay_killed_before_a_cut_bucket_closes_loses_no_row() {
         let tmp = TempDir::new("replay-killed");
-        let fields = names(&["v"]);
-        let write = |w: &mut ArchiveWriter, rows: std::ops::Range<i64>| {
-            for i in rows {
-                w.write("s", &fields, "X", i, &[i as f64]).unwrap();
-                w.advance(i).unwrap();
-            }
-        };
-        let values = || {
-            let mut v: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
-            v.sort();
-            v
-        };
+        let values = || sorted_values(&tmp.0, "s");
         // A complete run, one row a file: parts 0 to 19.
         let mut first = buffering(&tmp.0, 1, 1_000).writer(0);
-        write(&mut first, 0..20);
+        write_each(&mut first, 0..20);
         first.finish().unwrap();
         // A replay cut at every 6 rows, killed after 12: its parts 0 and 1
         // replace the first run's, whose parts 2 to 19 stay meanwhile.
         let mut replay = buffering(&tmp.0, 1_000, 6).writer(0);
-        write(&mut replay, 0..12);
+        write_each(&mut replay, 0..12);
         drop(replay);
         let mut once: Vec<i64> = values();
         once.dedup();
         assert_eq!(once, (0..20).collect::<Vec<_>>(), "every row at least once");
         // The replay run again to its end: each row once.
         let mut replay = buffering(&tmp.0, 1_000, 6).writer(0);
-        write(&mut replay, 0..20);
+        write_each(&mut replay, 0..20);
         replay.finish().unwrap();
         assert_eq!(values(), (0..20).collect::<Vec<_>>());
         assert_eq!(part_numbers(&tmp.0, "s"), [0, 1, 2, 3]);
@@ -2399,9 +2393,7 @@ mod tests {
         w.write("s", &fields, "X", 7, &[7.0]).unwrap();
         w.finish().unwrap();
         assert_eq!(part_numbers(&tmp.0, "s"), [0, 1]);
-        let mut values: Vec<i64> = read_series(&tmp.0, "s").unwrap().iter().map(|r| r.values[0] as i64).collect();
-        values.sort();
-        assert_eq!(values, (0..8).collect::<Vec<_>>());
+        assert_eq!(sorted_values(&tmp.0, "s"), (0..8).collect::<Vec<_>>());
     }
 
     #[test]
