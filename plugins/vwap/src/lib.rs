@@ -24,8 +24,12 @@
 //!   [`Vwap::invalid_trades`], since the instance opened) and logged at warn
 //!   level on the 1st, 10th, 100th, ... occurrence of each kind.
 //!
+//! Memory: the window holds one entry per millisecond (the VWAP and size
+//! of that millisecond's trades, which leave the window together), so it
+//! is bounded by the window's length, not by how dense the feed is.
+//!
 //! Numerics: sums are compensated (Neumaier). The rolling sums are
-//! recomputed from the stored trades once as many trades have left the
+//! recomputed from the stored entries once as many entries have left the
 //! window as it holds (at least 64), so their error stays bounded over
 //! unbounded runs at amortised O(1) cost.
 
@@ -63,7 +67,9 @@ impl Vwap {
     }
 }
 
-/// A trade kept in the rolling window.
+/// The trades of one millisecond kept in the rolling window: their VWAP
+/// and total size (a single trade's price and size; snapshots of 0.1.0,
+/// which kept one entry per trade, read the same).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct Held {
     ts: Millis,
@@ -80,7 +86,8 @@ pub struct KeyVwap {
     session_notional: Sum,
     session_volume: Sum,
     max_ts: Option<Millis>,
-    /// The rolling window's trades, sorted by time (ties in arrival order).
+    /// The rolling window's trades by millisecond, sorted by time (older
+    /// states may hold several entries of one millisecond, in arrival order).
     held: VecDeque<Held>,
     notional: Sum,
     volume: Sum,
@@ -94,11 +101,21 @@ impl KeyVwap {
         // Exclusive lower bound of the window.
         let floor = max_ts.saturating_sub(window);
         if trade.ts > floor {
-            if self.held.back().is_none_or(|h| h.ts <= trade.ts) {
-                self.held.push_back(trade);
+            // Trades of one millisecond leave the window together, so they
+            // are held as one (their VWAP and total size): the window then
+            // holds at most one entry per millisecond, however dense the feed.
+            let at = if self.held.back().is_none_or(|h| h.ts <= trade.ts) {
+                self.held.len()
             } else {
-                let at = self.held.partition_point(|h| h.ts <= trade.ts);
-                self.held.insert(at, trade);
+                self.held.partition_point(|h| h.ts <= trade.ts)
+            };
+            match at.checked_sub(1).and_then(|i| self.held.get_mut(i)).filter(|h| h.ts == trade.ts) {
+                Some(same_ms) => {
+                    let size = same_ms.size + trade.size;
+                    same_ms.price = (same_ms.price * same_ms.size + trade.price * trade.size) / size;
+                    same_ms.size = size;
+                }
+                None => self.held.insert(at, trade),
             }
             self.notional.add(trade.price * trade.size);
             self.volume.add(trade.size);

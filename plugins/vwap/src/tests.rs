@@ -278,3 +278,43 @@ fn declares_its_series() {
     assert_eq!(inst.outputs()[0].name, "vwap");
     assert_eq!(inst.outputs()[0].fields, ["vwap", "volume", "rolling_vwap", "rolling_volume"]);
 }
+
+#[test]
+fn the_trades_of_one_millisecond_are_held_as_one() {
+    // A dense feed: several trades per millisecond, some a little out of
+    // order (into a millisecond already held, in the middle of the window).
+    let mut rng = Rng(17);
+    let mut clock = D0 + 10 * HOUR;
+    let mut price = [180.0, 36_000.0];
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..6_000 {
+        let k = rng.below(2) as usize;
+        if rng.chance(0.1) {
+            clock += 1 + rng.below(3) as i64;
+        }
+        let ts = if rng.chance(0.05) { clock - rng.below(50) as i64 } else { clock };
+        price[k] *= 1.0 + (rng.unit() - 0.5) * 0.002;
+        rows.push((KEYS[k], ts, vec![price[k], 1.0 + rng.below(100) as f64]));
+    }
+    let (got, _, _) = run(&[("window", "1s")], &rows);
+    compare(&got, &expected(&rows, 0, SECOND), relatively_close);
+
+    // The window holds one entry per millisecond, not one per trade.
+    let mut key = super::KeyVwap::default();
+    let mut most_trades = 0;
+    for (i, (_, ts, v)) in rows.iter().filter(|r| r.0 == KEYS[0]).enumerate() {
+        key.hold(super::Held { ts: *ts, price: v[0], size: v[1] }, SECOND);
+        if i % 100 == 0 {
+            let max = key.max_ts.unwrap();
+            let ms: std::collections::BTreeSet<i64> = key.held.iter().map(|h| h.ts).collect();
+            assert_eq!(key.held.len(), ms.len(), "one entry per millisecond");
+            let trades = rows.iter().filter(|r| r.0 == KEYS[0] && r.1 > max - SECOND && r.1 <= max).count();
+            most_trades = most_trades.max(trades);
+            assert!(key.held.len() <= trades);
+            if trades > 100 {
+                assert!(key.held.len() < trades, "{} entries for {trades} trades", key.held.len());
+            }
+        }
+    }
+    assert!(most_trades > 500, "a dense window: {most_trades} trades");
+}
