@@ -177,7 +177,9 @@ impl CheckpointStore for LocalDir {
 }
 
 const MAGIC: &[u8; 4] = b"TFCK";
-const FORMAT: u32 = 1;
+/// 2: the archive's cut carries the writer's generation. Format 1 is still
+/// read ([`v1`]).
+const FORMAT: u32 = 2;
 /// Magic, format, payload length, CRC-32 of the payload.
 const HEADER: usize = 4 + 4 + 8 + 4;
 
@@ -209,8 +211,8 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         return Err(corrupt(format!("not a checkpoint file ({} bytes, no header)", bytes.len())));
     }
     let format = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    if format != FORMAT {
-        return Err(corrupt(format!("format {format}, this host reads format {FORMAT}")));
+    if format != FORMAT && format != 1 {
+        return Err(corrupt(format!("format {format}, this host reads formats 1 to {FORMAT}")));
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
@@ -221,7 +223,72 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch: the file was damaged".into()));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("cannot decode: {e}")))
+    let decoded = if format == 1 {
+        postcard::from_bytes::<v1::Checkpoint>(payload).map(Checkpoint::from)
+    } else {
+        postcard::from_bytes(payload)
+    };
+    decoded.map_err(|e| corrupt(format!("cannot decode: {e}")))
+}
+
+/// Format 1, written before the archive's cut carried the writer's
+/// generation. Its cuts read as generation 0: that host named no late part
+/// with a generation, so a restore keeps every late part it wrote, as it
+/// did.
+mod v1 {
+    use super::{BTreeMap, PartitionCheckpoint, StageCheckpoint};
+    use crate::sink::archive::{ArchiveCut, OpenBucket};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Checkpoint {
+        pub id: u64,
+        pub taken_at_ms: i64,
+        pub topic: String,
+        pub workers: usize,
+        pub partitions: BTreeMap<i32, PartitionCheckpoint>,
+        pub watermarks: Vec<i64>,
+        pub stages: Vec<StageCheckpoint>,
+        pub sinks: Vec<SinkCut>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct SinkCut {
+        pub archive: Option<Cut>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Cut {
+        pub roll_interval_ms: u64,
+        pub watermark: i64,
+        pub open: Vec<OpenBucket>,
+    }
+
+    impl From<Checkpoint> for super::Checkpoint {
+        fn from(c: Checkpoint) -> Self {
+            super::Checkpoint {
+                id: c.id,
+                taken_at_ms: c.taken_at_ms,
+                topic: c.topic,
+                workers: c.workers,
+                partitions: c.partitions,
+                watermarks: c.watermarks,
+                stages: c.stages,
+                sinks: c
+                    .sinks
+                    .into_iter()
+                    .map(|s| crate::sink::SinkCut {
+                        archive: s.archive.map(|a| ArchiveCut {
+                            roll_interval_ms: a.roll_interval_ms,
+                            watermark: a.watermark,
+                            open: a.open,
+                            generation: 0,
+                        }),
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 /// Saves `checkpoint` and deletes all but the newest `retain`. Returns the
@@ -289,6 +356,7 @@ mod tests {
                             start_ms: 0,
                             next_seq: 2,
                         }],
+                        generation: 4,
                     }),
                 },
                 crate::sink::SinkCut::default(),
@@ -314,6 +382,48 @@ mod tests {
         assert_eq!(names, [name_of(3), name_of(4), name_of(5)]);
         assert_eq!(load_latest(&store).unwrap(), Some(sample(5)));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_checkpoint_reads_with_generation_0() {
+        // Written as a host before the generation wrote it: the same fields,
+        // the archive's cut without one.
+        let current = sample(7);
+        let old = v1::Checkpoint {
+            id: current.id,
+            taken_at_ms: current.taken_at_ms,
+            topic: current.topic.clone(),
+            workers: current.workers,
+            partitions: current.partitions.clone(),
+            watermarks: current.watermarks.clone(),
+            stages: current.stages.clone(),
+            sinks: current
+                .sinks
+                .iter()
+                .map(|s| v1::SinkCut {
+                    archive: s.archive.as_ref().map(|a| v1::Cut {
+                        roll_interval_ms: a.roll_interval_ms,
+                        watermark: a.watermark,
+                        open: a.open.clone(),
+                    }),
+                })
+                .collect(),
+        };
+        let payload = postcard::to_stdvec(&old).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let mut expected = current;
+        expected.sinks[0].archive.as_mut().unwrap().generation = 0;
+        assert_eq!(decode("old", &bytes).unwrap(), expected);
+        // Read as format 2 the same bytes do not decode to it.
+        bytes[4..8].copy_from_slice(&FORMAT.to_le_bytes());
+        assert!(decode("old", &bytes).is_err_and(|e| e.to_string().contains("cannot decode")));
+        bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+        assert!(decode("old", &bytes).unwrap_err().to_string().contains("this host reads formats 1 to 2"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! {dir}/series={name}/date=YYYY-MM-DD/part-w{worker}-{bucket_start_ms}-{seq:04}.parquet
+//! {dir}/series={name}/date=YYYY-MM-DD/part-w{worker}-{bucket_start_ms}-{seq:04}-g{generation}.parquet   (late parts)
 //! ```
 //!
 //! Columns: `symbol` (Utf8, dictionary-encoded), `ts` (milliseconds, UTC),
@@ -64,6 +65,12 @@
 //! plugin that emits windows late, or a lateness policy that lets it
 //! through) opens a *late* bucket, written at the next `advance` to new
 //! files that continue the bucket's sequence on disk. They never overwrite.
+//! Their names carry the writer's generation (the number of checkpoints
+//! its lineage took, kept in each cut), which is how a restore tells the
+//! late parts written after its cut, in buckets closed before it: those are
+//! removed, and their rows come again with the replay. (Late rows are
+//! ordinary for windows longer than `roll_interval_ms`: a daily bar
+//! labelled with its start lands in a bucket closed a day earlier.)
 //!
 //! **Checkpoints.** [`ArchiveWriter::checkpoint`] writes the rows of every
 //! open bucket as parts that continue the bucket's sequence, and empties
@@ -71,7 +78,8 @@
 //! declared complete. It returns an [`ArchiveCut`]: the watermark and each
 //! open bucket's parts. [`ArchiveWriter::restore`] after a crash removes
 //! this worker's parts of buckets open at the cut that the cut does not
-//! list (written after it, and about to be written again), and continues
+//! list (written after it, and about to be written again), and the late
+//! parts written after the cut (see "Late rows"), and continues
 //! each open bucket's sequence where the cut left it. A bucket with parts
 //! from a checkpoint does not remove "stale" parts when it closes: they
 //! are its own. Call `advance(w)` after the plugin chain has seen watermark
@@ -367,6 +375,7 @@ impl Archive {
             resumed: HashMap::default(),
             encoder: None,
             failing: false,
+            generation: 0,
         }
     }
 }
@@ -393,6 +402,10 @@ pub struct ArchiveWriter {
     /// A write failed and has not succeeded since: write on this thread,
     /// so the worker waits (back-pressure) until the archive takes rows again.
     failing: bool,
+    /// Checkpoints taken since the first run of this writer's lineage (one
+    /// more than the cut it was restored from); late buckets carry it into
+    /// their parts' names.
+    generation: u64,
 }
 
 /// What a checkpoint needs of one worker's archive: its watermark, and per
@@ -402,6 +415,10 @@ pub struct ArchiveCut {
     pub roll_interval_ms: u64,
     pub watermark: i64,
     pub open: Vec<OpenBucket>,
+    /// The writer's generation at the cut: late parts carry the generation
+    /// they were written in, and a restore removes those written after the
+    /// cut (their rows come again).
+    pub generation: u64,
 }
 
 /// A bucket open at a checkpoint.
@@ -476,6 +493,10 @@ struct Bucket {
     /// The rows of a bucket still open, cut off because it was full: its
     /// write leaves stale parts alone (the bucket's close removes them).
     partial: bool,
+    /// Late buckets: the writer's generation when the bucket opened, in its
+    /// parts' names (a checkpoint writes every bucket, so no bucket outlives
+    /// its generation's cut).
+    generation: u64,
     /// Symbols interned for this bucket only, so the table dies with it.
     names: Vec<Box<str>>,
     ids: HashMap<Box<str>, u32>,
@@ -497,6 +518,7 @@ impl Bucket {
             first_seq: None,
             flushed: false,
             partial: false,
+            generation: 0,
             names: Vec::new(),
             ids: HashMap::default(),
             last_symbol: 0,
@@ -823,7 +845,14 @@ impl ArchiveWriter {
         for ((series, start_ms), &next_seq) in &self.resumed {
             open.push(OpenBucket { series: series.clone(), start_ms: *start_ms, next_seq });
         }
-        Ok(ArchiveCut { roll_interval_ms: self.roll_ms as u64, watermark: self.watermark, open })
+        let cut = ArchiveCut {
+            roll_interval_ms: self.roll_ms as u64,
+            watermark: self.watermark,
+            open,
+            generation: self.generation,
+        };
+        self.generation += 1;
+        Ok(cut)
     }
 
     /// Takes up from checkpoint `cut` after a crash, before any row is
@@ -844,7 +873,6 @@ impl ArchiveWriter {
         self.watermark = cut.watermark;
         let keep: HashMap<(&str, i64), u32> =
             cut.open.iter().map(|o| ((o.series.as_str(), o.start_ms), o.next_seq)).collect();
-        let prefix = format!("part-w{}-", self.files.worker);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ArchiveError::Io { op: "restoring from a checkpoint", path: path.clone(), source }
@@ -869,19 +897,18 @@ impl ArchiveWriter {
                 }
                 for file in fs::read_dir(&date_dir).map_err(io(&date_dir))? {
                     let path = file.map_err(io(&date_dir))?.path();
-                    let Some((start, seq)) = path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.strip_prefix(&prefix))
-                        .and_then(|n| n.strip_suffix(".parquet"))
-                        .and_then(|n| n.split_once('-'))
-                        .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<u32>().ok()?)))
-                    else {
+                    let Some(part) = path.file_name().and_then(|n| n.to_str()).and_then(PartName::parse) else {
                         continue;
                     };
+                    if part.worker != self.files.worker {
+                        continue;
+                    }
+                    let (start, seq) = (part.bucket_start_ms, part.seq);
                     let closed_at_cut = start.saturating_add(self.roll_ms) <= cut.watermark;
                     let held = keep.get(&(series.as_str(), start)).is_some_and(|&next| seq < next);
-                    if !closed_at_cut && !held {
+                    // A late part of a bucket closed at the cut, written after it.
+                    let late_after_cut = part.generation.is_some_and(|g| g > cut.generation);
+                    if (!closed_at_cut && !held) || (closed_at_cut && late_after_cut) {
                         fs::remove_file(&path).map_err(io(&path))?;
                         info!(worker = self.files.worker, path = %path.display(), "removed a part written after the checkpoint (it is written again)");
                     }
@@ -889,6 +916,7 @@ impl ArchiveWriter {
             }
         }
         self.resumed = cut.open.iter().map(|o| ((o.series.clone(), o.start_ms), o.next_seq)).collect();
+        self.generation = cut.generation + 1;
         Ok(())
     }
 
@@ -1008,6 +1036,7 @@ impl ArchiveWriter {
                         );
                     }
                     let mut bucket = Bucket::new(start, late, fields.len());
+                    bucket.generation = self.generation;
                     if let Some(next) =
                         (!self.resumed.is_empty()).then(|| self.resumed.remove(&(series.to_string(), start))).flatten()
                     {
@@ -1186,7 +1215,11 @@ impl Files {
             Some(seq) => seq,
             None => {
                 let seq = if bucket.late {
-                    existing_parts(&dir, self.worker, bucket.start_ms)?.into_iter().max().map_or(0, |s| s + 1)
+                    existing_parts(&dir, self.worker, bucket.start_ms)?
+                        .into_iter()
+                        .map(|p| p.seq)
+                        .max()
+                        .map_or(0, |s| s + 1)
                 } else {
                     0
                 };
@@ -1198,7 +1231,13 @@ impl Files {
         let mut bytes = 0;
         let mut files = 0u32;
         for rows in order.chunks(self.config.max_rows_per_file) {
-            let name = part_name(self.worker, bucket.start_ms, first + files);
+            let name = PartName {
+                worker: self.worker,
+                bucket_start_ms: bucket.start_ms,
+                seq: first + files,
+                generation: bucket.late.then_some(bucket.generation),
+            }
+            .to_string();
             let path = dir.join(&name);
             let batch = bucket
                 .batch(&series.schema, rows, series.raw)
@@ -1220,9 +1259,9 @@ impl Files {
             // Parts past the last one just written are from an earlier run
             // that saw this bucket differently; this run's files replace them.
             let mut removed = false;
-            for seq in existing_parts(&dir, self.worker, bucket.start_ms)? {
-                if seq >= first + files {
-                    let path = dir.join(part_name(self.worker, bucket.start_ms, seq));
+            for part in existing_parts(&dir, self.worker, bucket.start_ms)? {
+                if part.seq >= first + files {
+                    let path = dir.join(part.to_string());
                     fs::remove_file(&path).map_err(|source| ArchiveError::Io {
                         op: "removing a stale part",
                         path: path.clone(),
@@ -1303,26 +1342,72 @@ fn utc_date(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-fn part_name(worker: usize, bucket_start_ms: i64, seq: u32) -> String {
-    format!("part-w{worker}-{bucket_start_ms}-{seq:04}.parquet")
+/// A part's file name: `part-w{worker}-{bucket_start_ms}-{seq:04}.parquet`,
+/// and for a late part (rows for a bucket already closed)
+/// `…-{seq:04}-g{generation}.parquet`, the writer's generation, so that a
+/// restore can tell the late parts written after its cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PartName {
+    worker: usize,
+    bucket_start_ms: i64,
+    seq: u32,
+    generation: Option<u64>,
 }
 
-/// Sequence numbers of this worker's parts of this bucket in `dir`.
-fn existing_parts(dir: &Path, worker: usize, bucket_start_ms: i64) -> Result<Vec<u32>, ArchiveError> {
-    let prefix = format!("part-w{worker}-{bucket_start_ms}-");
+impl std::fmt::Display for PartName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PartName { worker, bucket_start_ms, seq, generation } = self;
+        write!(f, "part-w{worker}-{bucket_start_ms}-{seq:04}")?;
+        if let Some(g) = generation {
+            write!(f, "-g{g}")?;
+        }
+        f.write_str(".parquet")
+    }
+}
+
+impl PartName {
+    /// The parts of a file name this module wrote (bucket starts before the
+    /// epoch are negative), or `None` for any other file.
+    fn parse(name: &str) -> Option<PartName> {
+        let rest = name.strip_prefix("part-w")?.strip_suffix(".parquet")?;
+        let (worker, rest) = rest.split_once('-')?;
+        let (rest, generation) = match rest.rsplit_once("-g") {
+            Some((rest, g)) => (rest, Some(g)),
+            None => (rest, None),
+        };
+        let (start, seq) = rest.rsplit_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(worker) || !digits(seq) || !generation.is_none_or(digits) {
+            return None;
+        }
+        Some(PartName {
+            worker: worker.parse().ok()?,
+            bucket_start_ms: start.parse().ok()?,
+            seq: seq.parse().ok()?,
+            generation: match generation {
+                Some(g) => Some(g.parse().ok()?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The name of on-time part `seq` of a bucket.
+#[cfg(test)]
+fn part_name(worker: usize, bucket_start_ms: i64, seq: u32) -> String {
+    PartName { worker, bucket_start_ms, seq, generation: None }.to_string()
+}
+
+/// This worker's parts of this bucket in `dir`, late ones included.
+fn existing_parts(dir: &Path, worker: usize, bucket_start_ms: i64) -> Result<Vec<PartName>, ArchiveError> {
     let io = |source| ArchiveError::Io { op: "listing", path: dir.to_path_buf(), source };
-    let mut seqs = Vec::new();
+    let mut parts = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
-        let seq = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|n| n.strip_suffix(".parquet"))
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u32>().ok());
-        seqs.extend(seq);
+        let part = name.to_str().and_then(PartName::parse);
+        parts.extend(part.filter(|p| p.worker == worker && p.bucket_start_ms == bucket_start_ms));
     }
-    Ok(seqs)
+    Ok(parts)
 }
 
 fn series_schema(fields: &[String], raw: bool) -> SchemaRef {
@@ -1977,10 +2062,7 @@ mod tests {
         let mut seqs: Vec<u32> = series_files(dir, series)
             .unwrap()
             .iter()
-            .map(|p| {
-                let name = p.file_name().unwrap().to_str().unwrap();
-                name.trim_end_matches(".parquet").rsplit('-').next().unwrap().parse().unwrap()
-            })
+            .map(|p| PartName::parse(p.file_name().unwrap().to_str().unwrap()).expect("a part").seq)
             .collect();
         seqs.sort();
         seqs
@@ -2117,6 +2199,74 @@ mod tests {
         assert_no_temp_files(&tmp.0);
     }
 
+    /// Worker 0's part `seq` of bucket 0 in `dir`, on time or late.
+    fn find_part(dir: &Path, seq: u32) -> PartName {
+        let parts = existing_parts(dir, 0, 0).unwrap();
+        *parts.iter().find(|p| p.seq == seq).unwrap_or_else(|| panic!("no part {seq}: {parts:?}"))
+    }
+
+    #[test]
+    fn part_names_read_back_as_written() {
+        for part in [
+            PartName { worker: 0, bucket_start_ms: 0, seq: 1, generation: None },
+            PartName { worker: 12, bucket_start_ms: 1_700_000_000_000, seq: 10_000, generation: Some(7) },
+            PartName { worker: 3, bucket_start_ms: -3_600_000, seq: 2, generation: None },
+            PartName { worker: 3, bucket_start_ms: -3_600_000, seq: 2, generation: Some(0) },
+        ] {
+            assert_eq!(PartName::parse(&part.to_string()), Some(part), "{part}");
+        }
+        assert_eq!(part_name(1, 3_600_000, 2), "part-w1-3600000-0002.parquet");
+        for other in [
+            ".part-w0-0-0001.parquet.tmp",
+            "part-w0-0-0001.parquet.tmp",
+            "part-wx-0-0001.parquet",
+            "part-w0-0-00a1.parquet",
+            "part-w0-0-0001-g.parquet",
+            "part-w0-0-0001-gx.parquet",
+            "part-w0-0001.parquet",
+            "filler",
+        ] {
+            assert_eq!(PartName::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_restore_removes_the_late_parts_written_after_its_cut() {
+        // A series whose rows come after their bucket closed (a daily bar
+        // labelled with its start, with hourly buckets): late parts.
+        let tmp = TempDir::new("late-restore");
+        let fields = names(&["v"]);
+        let mut w = archive(&tmp.0, 1000).writer(0);
+        let late = |w: &mut ArchiveWriter, ts: i64| {
+            w.write("s", &fields, "X", ts, &[ts as f64]).unwrap();
+            w.advance(2 * HOUR).unwrap();
+        };
+        w.write("s", &fields, "X", 10, &[10.0]).unwrap();
+        w.advance(2 * HOUR).unwrap(); // part 0
+        late(&mut w, 20); // late part 1, before the cut
+        let cut = w.checkpoint().unwrap();
+        late(&mut w, 30); // late part 2, after it; then a crash
+        let dir = tmp.0.join("series=s/date=1970-01-01");
+        assert_eq!(find_part(&dir, 1).generation, Some(cut.generation));
+        assert_eq!(find_part(&dir, 2).generation, Some(cut.generation + 1));
+        drop(w);
+
+        let mut restarted = archive(&tmp.0, 1000).writer(0);
+        restarted.restore(&cut).unwrap();
+        assert_eq!(part_numbers(&tmp.0, "s"), [0, 1], "the late part written after the cut is gone");
+        late(&mut restarted, 30); // the replay brings its row again
+        assert_eq!(sorted_values(&tmp.0, "s"), [10, 20, 30], "every row once");
+        // And a second crash and restore, from a cut of the restarted writer.
+        let cut = restarted.checkpoint().unwrap();
+        late(&mut restarted, 40);
+        drop(restarted);
+        let mut again = archive(&tmp.0, 1000).writer(0);
+        again.restore(&cut).unwrap();
+        late(&mut again, 40);
+        assert_eq!(sorted_values(&tmp.0, "s"), [10, 20, 30, 40]);
+        assert_no_temp_files(&tmp.0);
+    }
+
     #[test]
     fn late_rows_land_in_new_files_continuing_the_sequence() {
         let tmp = TempDir::new("late");
@@ -2138,7 +2288,7 @@ mod tests {
         w.advance(HOUR).unwrap();
 
         let dir = tmp.0.join("series=bars/date=1970-01-01");
-        let part = |seq| read_part(&dir.join(part_name(0, 0, seq))).unwrap();
+        let part = |seq| read_part(&dir.join(find_part(&dir, seq).to_string())).unwrap();
         assert_eq!(fs::read(&first[0]).unwrap(), first_bytes, "the closed file is left alone");
         assert_eq!(part(1).rows[0].values, [3.0]);
         assert_eq!(part(2).rows[0].values, [4.0]);

@@ -61,7 +61,13 @@ interval_ms = 300
 retain = 3
 "#,
         brokers = broker.bootstrap(),
-        plugins = crate::support::bars_rsi_vwap_toml(),
+        // And 30-minute bars: labelled with their start, they come after
+        // their 10-minute archive bucket closed, as late parts.
+        plugins = format!(
+            "{}\n[[plugin]]\nwasm = \"{}\"\ninput = \"trades\"\nparams = {{ window = \"30m\" }}\nrename = {{ bars = \"bars_30m\" }}\n",
+            crate::support::bars_rsi_vwap_toml(),
+            crate::support::plugin_wasm("ohlcv").display()
+        ),
         url = influx.url(),
     );
     let path = dir.join("tickfold.toml");
@@ -83,7 +89,7 @@ pub(crate) fn start(config: &Path, log: &Path) -> Child {
 /// Every point of every measurement, as text, by measurement.
 fn influx_contents(influx: &Influxd, database: &str) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    for measurement in ["bars_1m", "rsi_14", "vwap"] {
+    for measurement in ["bars_1m", "rsi_14", "vwap", "bars_30m"] {
         let answer = influx.query(database, &format!("SELECT * FROM \"{measurement}\" GROUP BY *"));
         let mut points = Vec::new();
         for series in answer["results"][0]["series"].as_array().cloned().unwrap_or_default() {
@@ -104,7 +110,7 @@ type RowBits = (String, i64, Vec<u64>, Option<i32>, Option<i64>);
 /// Every archived row of every series, as bits, sorted.
 fn archive_contents(dir: &Path) -> BTreeMap<String, Vec<RowBits>> {
     let mut out = BTreeMap::new();
-    for series in ["trades", "bars_1m", "rsi_14", "vwap"] {
+    for series in ["trades", "bars_1m", "rsi_14", "vwap", "bars_30m"] {
         let mut rows: Vec<_> = read_series(dir, series)
             .unwrap()
             .into_iter()
@@ -211,6 +217,14 @@ fn sigkill_at_random_moments_leaves_influxdb_and_the_archive_as_an_uninterrupted
     );
 
     assert_same_outputs(&influx, &clean.path().join("archive"), &faulty.path().join("archive"), scenario.good().len());
+    // The 30-minute bars went to late parts, named with the generation,
+    // across the kills.
+    let late = tickfold::sink::archive::series_files(&faulty.path().join("archive"), "bars_30m")
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("-g"))
+        .count();
+    assert!(late > 10, "{late} late parts of bars_30m");
 
     // Dead letters are at least once: the clean run sent each once, and
     // the killed runs each at least once more (a checkpoint waits for the
@@ -267,7 +281,7 @@ pub(crate) fn assert_same_outputs(influx: &Influxd, clean: &Path, faulty: &Path,
         let (want, got) = (influx_contents(influx, "clean"), influx_contents(influx, "faulty"));
         want.iter().map(|(m, p)| (m.clone(), *p == got[m])).collect()
     };
-    for series in ["trades", "vwap", "bars_1m", "rsi_14"] {
+    for series in ["trades", "vwap", "bars_1m", "rsi_14", "bars_30m"] {
         let (rows, other) = (&want[series], &got[series]);
         let first = rows.iter().zip(other.iter()).position(|(a, b)| a != b);
         assert!(
