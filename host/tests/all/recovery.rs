@@ -24,6 +24,13 @@ pub(crate) struct Extra {
 /// archive in `dir/archive`, checkpoints every 300 ms.
 pub(crate) fn config(dir: &Path, broker: &Tansu, influx: &Influxd, database: &str, extra: Extra) -> PathBuf {
     let Extra { kafka: kafka_extra, influx: influx_extra } = extra;
+    // And 30-minute bars: labelled with their start, they come after their
+    // 10-minute archive bucket closed, as late parts.
+    let plugins = format!(
+        "{}\n[[plugin]]\nwasm = \"{}\"\ninput = \"trades\"\nparams = {{ window = \"30m\" }}\nrename = {{ bars = \"bars_30m\" }}\n",
+        crate::support::bars_rsi_vwap_toml(),
+        crate::support::plugin_wasm("ohlcv").display()
+    );
     let text = format!(
         r#"
 workers = 2
@@ -61,13 +68,7 @@ interval_ms = 300
 retain = 3
 "#,
         brokers = broker.bootstrap(),
-        // And 30-minute bars: labelled with their start, they come after
-        // their 10-minute archive bucket closed, as late parts.
-        plugins = format!(
-            "{}\n[[plugin]]\nwasm = \"{}\"\ninput = \"trades\"\nparams = {{ window = \"30m\" }}\nrename = {{ bars = \"bars_30m\" }}\n",
-            crate::support::bars_rsi_vwap_toml(),
-            crate::support::plugin_wasm("ohlcv").display()
-        ),
+        plugins = plugins,
         url = influx.url(),
     );
     let path = dir.join("tickfold.toml");
