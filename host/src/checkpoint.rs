@@ -84,9 +84,10 @@ pub struct StageCheckpoint {
     pub keys: Vec<KeyStateCheckpoint>,
 }
 
-/// The whole state at one cut.
+/// The whole state at one cut. (`Sinks` is the sinks' cut: generic only
+/// so that format 1, whose archive cut has no generation, reads into it.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub struct Checkpoint<Sinks = crate::sink::SinkCut> {
     /// Increasing from 1.
     pub id: u64,
     /// Wall-clock time it was taken, ms since the Unix epoch.
@@ -100,7 +101,7 @@ pub struct Checkpoint {
     pub stages: Vec<StageCheckpoint>,
     /// Per worker, what its sinks need to take up from the cut (the
     /// archive's open buckets).
-    pub sinks: Vec<crate::sink::SinkCut>,
+    pub sinks: Vec<Sinks>,
 }
 
 /// Where checkpoints are kept: whole objects, written atomically.
@@ -236,21 +237,12 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
 /// with a generation, so a restore keeps every late part it wrote, as it
 /// did.
 mod v1 {
-    use super::{BTreeMap, PartitionCheckpoint, StageCheckpoint};
     use crate::sink::archive::{ArchiveCut, OpenBucket};
     use serde::{Deserialize, Serialize};
 
-    #[derive(Serialize, Deserialize)]
-    pub struct Checkpoint {
-        pub id: u64,
-        pub taken_at_ms: i64,
-        pub topic: String,
-        pub workers: usize,
-        pub partitions: BTreeMap<i32, PartitionCheckpoint>,
-        pub watermarks: Vec<i64>,
-        pub stages: Vec<StageCheckpoint>,
-        pub sinks: Vec<SinkCut>,
-    }
+    /// A format-1 checkpoint: the same fields, its sinks' cut without the
+    /// generation.
+    pub type Checkpoint = super::Checkpoint<SinkCut>;
 
     #[derive(Serialize, Deserialize)]
     pub struct SinkCut {
@@ -266,27 +258,19 @@ mod v1 {
 
     impl From<Checkpoint> for super::Checkpoint {
         fn from(c: Checkpoint) -> Self {
-            super::Checkpoint {
-                id: c.id,
-                taken_at_ms: c.taken_at_ms,
-                topic: c.topic,
-                workers: c.workers,
-                partitions: c.partitions,
-                watermarks: c.watermarks,
-                stages: c.stages,
-                sinks: c
-                    .sinks
-                    .into_iter()
-                    .map(|s| crate::sink::SinkCut {
-                        archive: s.archive.map(|a| ArchiveCut {
-                            roll_interval_ms: a.roll_interval_ms,
-                            watermark: a.watermark,
-                            open: a.open,
-                            generation: 0,
-                        }),
-                    })
-                    .collect(),
-            }
+            let super::Checkpoint { id, taken_at_ms, topic, workers, partitions, watermarks, stages, sinks } = c;
+            let sinks = sinks
+                .into_iter()
+                .map(|s| crate::sink::SinkCut {
+                    archive: s.archive.map(|a| ArchiveCut {
+                        roll_interval_ms: a.roll_interval_ms,
+                        watermark: a.watermark,
+                        open: a.open,
+                        generation: 0,
+                    }),
+                })
+                .collect();
+            super::Checkpoint { id, taken_at_ms, topic, workers, partitions, watermarks, stages, sinks }
         }
     }
 }
